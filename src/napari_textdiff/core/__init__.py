@@ -1,0 +1,1 @@
+"""Plain Python + torch core: never imports napari, Qt or magicgui."""

@@ -1,0 +1,62 @@
+"""The interface both model families (TextDiff, MGCC) share, and loading by kind."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Generator, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .progress import Progress
+
+__all__ = ["Example", "SegmentationModel", "load_model", "register_kind", "MODEL_KINDS"]
+
+
+@dataclasses.dataclass
+class Example:
+    """One training triple: ``image`` float32 (H, W, C) in [0, 1], ``mask`` (H, W) binary."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    text: str = ""
+    name: str = ""
+
+
+@runtime_checkable
+class SegmentationModel(Protocol):
+    kind: str          # bundle kind, e.g. "textdiff" or "mgcc"
+    channels: int      # 1 = gray input, 3 = RGB input
+    uses_text: bool    # whether descriptions change the output
+
+    def predict_proba(self, image: np.ndarray, text: str | None = None, *, tiled: bool = True,
+                      device: Any = None) -> np.ndarray:
+        """Foreground probability (H, W) float32 for an image of any size."""
+
+    def finetune(self, examples: Sequence[Example], *, epochs: int = 20, lr: float = 1e-4,
+                 should_stop=None, **kw) -> Generator[Progress, None, Any]:
+        """Continue training the light head on a few corrected examples (progress generator)."""
+
+    def save(self, path) -> Any: ...
+
+
+# kind -> "module:Class" with a classmethod ``load(path, device=...)``; imported lazily.
+MODEL_KINDS: dict[str, str] = {
+    "textdiff": "napari_textdiff.core.textdiff.model:TextDiffModel",
+    "mgcc": "napari_textdiff.core.mgcc.model:MGCCModel",
+}
+
+
+def register_kind(kind: str, target: str) -> None:
+    MODEL_KINDS[kind] = target
+
+
+def load_model(path, device="auto"):
+    """Load any napari-textdiff model file; the class is picked from the file's header."""
+    import importlib
+
+    from .bundle import BundleError, read_bundle_header
+
+    kind = read_bundle_header(path)["kind"]
+    if kind not in MODEL_KINDS:
+        raise BundleError(f"{path}: unknown model kind {kind!r} (known: {sorted(MODEL_KINDS)})")
+    mod, cls = MODEL_KINDS[kind].split(":")
+    return getattr(importlib.import_module(mod), cls).load(path, device=device)
