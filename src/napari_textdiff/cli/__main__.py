@@ -1,0 +1,3 @@
+from napari_textdiff.cli import main
+import sys
+sys.exit(main())
