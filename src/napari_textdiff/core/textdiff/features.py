@@ -1,0 +1,302 @@
+"""Frozen diffusion features: decoder activations of a ``UNet2DModel`` at a few noise steps.
+
+Why this shape: TextDiff (after Baranchuk et al.) noises the image with ONE fixed noise tensor
+at t in {50, 150, 250}, runs the denoising UNet once per step and keeps decoder activations
+(forward hooks); per tapped layer the steps are concatenated on channels. Here all steps of
+an image run as one batched forward, under bf16/fp16 autocast on a GPU.
+
+Backbone convention (shared with the backbone trainer): a backbone directory is
+``UNet2DModel.save_pretrained(DIR)``; the noise schedule is ``DDPMScheduler.from_pretrained(DIR)``
+when ``DIR/scheduler_config.json`` exists, else the default linear 1000-step schedule. A
+diffusers pipeline folder (``DIR/unet`` + ``DIR/scheduler``) is accepted too.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["DiffusionFeatures", "load_backbone", "default_taps", "paper_block_tap",
+           "random_backbone", "to_model_channels"]
+
+
+def random_backbone(preset: str = "small", in_channels: int = 3, sample_size: int = 256,
+                    seed: int = 0):
+    """A randomly initialised ``UNet2DModel`` of a backbone preset of
+    ``core.diffusion.presets`` (the trainer's presets; for tests, benchmarks, baselines)."""
+    import torch
+    from diffusers import UNet2DModel
+
+    from ..diffusion.presets import unet_config
+
+    torch.manual_seed(seed)
+    return UNet2DModel(**unet_config(preset, channels=in_channels,
+                                     sample_size=sample_size)).eval()
+
+
+def load_backbone(ref: str | os.PathLike):
+    """Load ``(unet, scheduler)`` from a local directory (or a hub id when online).
+
+    Errors name the path and what is missing instead of a deep diffusers traceback.
+    """
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    ref = str(ref)
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        unet_dir, sched_dir = p, p
+        if not (p / "config.json").is_file() and (p / "unet" / "config.json").is_file():
+            unet_dir, sched_dir = p / "unet", p / "scheduler"
+        if not (unet_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{p}: not a diffusion backbone directory (no config.json; "
+                                    "expected UNet2DModel.save_pretrained layout)")
+        try:
+            unet = UNet2DModel.from_pretrained(str(unet_dir))
+        except Exception as e:
+            raise ValueError(f"{unet_dir}: cannot load a UNet2DModel ({e})") from e
+        if (sched_dir / "scheduler_config.json").is_file():
+            sched = DDPMScheduler.from_pretrained(str(sched_dir))
+        else:
+            sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+        return unet.eval(), sched
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
+        try:
+            unet = UNet2DModel.from_pretrained(ref)
+        except Exception:
+            unet = None
+        if unet is None:
+            try:
+                unet = UNet2DModel.from_pretrained(ref, subfolder="unet")
+            except Exception as e:
+                raise FileNotFoundError(f"backbone {ref!r}: not a local directory and could not "
+                                        f"be fetched from the hub ({e})") from e
+        try:
+            sched = DDPMScheduler.from_pretrained(ref, subfolder="scheduler")
+        except Exception:
+            sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+        return unet.eval(), sched
+    raise FileNotFoundError(f"backbone {ref!r}: no such directory")
+
+
+def _level_stride(unet, k: int) -> int:
+    """Output-to-input stride of up_blocks[k] (before its upsampler)."""
+    n = len(unet.up_blocks)
+    return 2 ** (n - 1 - k)
+
+
+def default_taps(unet) -> list[str]:
+    """Paper-like taps: the MoNuSeg blocks {6, 8, 12, 16} of guided diffusion are the first
+    layer at stride 8, the upsampler into stride 4, the first layer at stride 2 and the second
+    at stride 1. The same positions are picked in any UNet2DModel (missing strides skipped)."""
+    n = len(unet.up_blocks)
+    taps = []
+    for stride, kind in ((8, "first"), (4, "upsampler_into"), (2, "first"), (1, "second")):
+        if kind == "upsampler_into":
+            k = n - 1 - int(np.log2(stride * 2))
+            if 0 <= k < n and getattr(unet.up_blocks[k], "upsamplers", None):
+                taps.append(f"up_blocks.{k}.upsamplers.0")
+            continue
+        k = n - 1 - int(np.log2(stride))
+        if not 0 <= k < n:
+            continue
+        j = 0 if kind == "first" else min(1, len(unet.up_blocks[k].resnets) - 1)
+        taps.append(_layer_name(unet, k, j))
+    if not taps:
+        taps = [_layer_name(unet, n - 1, 0)]
+    return list(dict.fromkeys(taps))
+
+
+def _layer_name(unet, k: int, j: int) -> str:
+    blk = unet.up_blocks[k]
+    if getattr(blk, "attentions", None) is not None and len(blk.attentions) > j:
+        return f"up_blocks.{k}.attentions.{j}"   # output of resnet j + its attention
+    return f"up_blocks.{k}.resnets.{j}"
+
+
+def paper_block_tap(unet, index: int) -> str:
+    """Map guided-diffusion ``output_blocks[index]`` to a diffusers module name.
+
+    output_blocks[i] = level i // (L+1), layer i % (L+1) (resnet [+ attention]); the last layer
+    of each level also holds the upsampler, whose output is what the hook saw.
+    """
+    per = len(unet.up_blocks[0].resnets)
+    k, j = divmod(int(index), per)
+    if k >= len(unet.up_blocks):
+        raise ValueError(f"block:{index}: this UNet has only {len(unet.up_blocks) * per} "
+                         "decoder blocks")
+    if j == per - 1 and getattr(unet.up_blocks[k], "upsamplers", None):
+        return f"up_blocks.{k}.upsamplers.0"
+    return _layer_name(unet, k, j)
+
+
+def to_model_channels(images, channels: int):
+    """(B, H, W, C) float array/tensor in [0, 1] -> (B, channels, H, W) tensor in [-1, 1]."""
+    import torch
+
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    if x.ndim == 3:
+        x = x[..., None]
+    x = x.permute(0, 3, 1, 2)
+    c = x.shape[1]
+    if c == 4:                       # drop alpha
+        x, c = x[:, :3], 3
+    if c != channels:
+        if channels == 1:
+            x = x.mean(1, keepdim=True) if c == 3 else x[:, :1]
+        elif channels == 3 and c == 1:
+            x = x.expand(-1, 3, -1, -1)
+        else:
+            raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
+    return (x * 2 - 1).contiguous()
+
+
+class DiffusionFeatures:
+    """Frozen UNet + hooks. ``__call__(images)`` -> list of (B, C_tap * n_steps, h, w) tensors."""
+
+    def __init__(self, unet, scheduler=None, taps: Sequence[str] | None = None,
+                 steps: Sequence[int] = (50, 150, 250), noise_seed: int = 40, device="cpu"):
+        import torch
+        from diffusers import DDPMScheduler
+
+        self.unet = unet.eval().requires_grad_(False)
+        self.scheduler = scheduler or DDPMScheduler(num_train_timesteps=1000,
+                                                    beta_schedule="linear")
+        self.steps = [int(s) for s in steps]
+        nt = self.scheduler.config.num_train_timesteps
+        bad = [s for s in self.steps if not 0 <= s < nt]
+        if bad:
+            raise ValueError(f"noise steps {bad} outside the backbone's schedule [0, {nt})")
+        self.noise_seed = int(noise_seed)
+        self.in_channels = int(unet.config.in_channels)
+        self.taps = self._resolve_taps(taps)
+        modules = dict(self.unet.named_modules())
+        missing = [t for t in self.taps if t not in modules]
+        if missing:
+            raise ValueError(f"unknown decoder taps {missing}; valid names look like "
+                             f"{default_taps(self.unet)} (see unet.named_modules())")
+        self._acts: dict[str, object] = {}
+        self._hooks = [modules[t].register_forward_hook(self._hook(t)) for t in self.taps]
+        self._noise: dict[tuple, object] = {}
+        ac = self.scheduler.alphas_cumprod
+        self._ab = torch.as_tensor(ac)[torch.tensor(self.steps)].float()
+        self.multiple = 2 ** (len(self.unet.down_blocks) - 1)
+        self.device = torch.device("cpu")
+        self.to(device)
+        self.channels, self.strides = self._probe()
+
+    # -- setup ----------------------------------------------------------------------------
+    def _resolve_taps(self, taps):
+        if not taps:
+            return default_taps(self.unet)
+        out = []
+        for t in taps:
+            t = str(t)
+            out.append(paper_block_tap(self.unet, int(t.split(":", 1)[1]))
+                       if t.startswith("block:") else t)
+        return out
+
+    def _hook(self, name):
+        def hook(_m, _inp, out):
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            if hasattr(out, "sample"):
+                out = out.sample
+            self._acts[name] = out
+        return hook
+
+    def to(self, device):
+        from ..device import resolve_device
+
+        self.device = resolve_device(device)
+        self.unet.to(self.device)
+        return self
+
+    def _probe(self):
+        """Channels and strides of each tap (one tiny forward)."""
+        import torch
+
+        s = self.multiple * 2
+        feats = self._forward(torch.zeros(1, self.in_channels, s, s), raw=True)
+        chans = [int(f.shape[1]) for f in feats]
+        strides = [s // int(f.shape[-1]) for f in feats]
+        return chans, strides
+
+    @property
+    def out_channels(self) -> list[int]:
+        """Channels per tap after concatenating the steps."""
+        return [c * len(self.steps) for c in self.channels]
+
+    def fingerprint(self) -> str:
+        from ..bundle import state_fingerprint
+        return state_fingerprint(self.unet.state_dict())
+
+    def noise(self, h: int, w: int):
+        """The fixed noise for an (h, w) input: seeded, identical for every image and step."""
+        import torch
+
+        key = (h, w)
+        if key not in self._noise:
+            g = torch.Generator().manual_seed(self.noise_seed)
+            self._noise[key] = torch.randn(self.in_channels, h, w, generator=g)
+        return self._noise[key]
+
+    # -- forward --------------------------------------------------------------------------
+    def _forward(self, x, raw=False):
+        """x: (B, C, H, W) in [-1, 1], H and W multiples of ``self.multiple``."""
+        import torch
+        from ..device import autocast
+
+        b, _, h, w = x.shape
+        n = len(self.steps)
+        x = x.to(self.device, torch.float32)
+        eps = self.noise(h, w).to(self.device)
+        ab = self._ab.to(self.device).view(1, n, 1, 1, 1)
+        xt = ab.sqrt() * x[:, None] + (1 - ab).sqrt() * eps  # (B, n, C, H, W)
+        xt = xt.reshape(b * n, -1, h, w)
+        t = torch.tensor(self.steps, device=self.device).repeat(b)
+        self._acts.clear()
+        with torch.inference_mode(), autocast(self.device):
+            self.unet(xt, t)
+        feats = []
+        for name in self.taps:
+            a = self._acts[name].float()
+            if raw:
+                feats.append(a)
+                continue
+            c, fh, fw = a.shape[1:]
+            feats.append(a.reshape(b, n * c, fh, fw))  # steps concatenated on channels
+        self._acts.clear()
+        return feats
+
+    def __call__(self, images, batch_size: int = 4):
+        """Features of (B, H, W, C) images in [0, 1] (any channel count, any size).
+
+        Sizes that are not a multiple of the UNet's total stride are reflect-padded and the
+        features cropped back. Returns a list (one per tap) of float32 CPU tensors.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        x = to_model_channels(images, self.in_channels)
+        h, w = x.shape[-2:]
+        m = self.multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        out: list[list] = [[] for _ in self.taps]
+        for i in range(0, x.shape[0], batch_size):
+            for k, f in enumerate(self._forward(x[i:i + batch_size])):
+                if ph or pw:
+                    s = self.strides[k]
+                    f = f[..., :-(-h // s), :-(-w // s)]
+                out[k].append(f.cpu())
+        return [torch.cat(o) for o in out]
+
+    def close(self):
+        for hk in self._hooks:
+            hk.remove()
+        self._hooks = []

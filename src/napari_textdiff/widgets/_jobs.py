@@ -1,0 +1,157 @@
+"""The widgets' long jobs as progress generators (no Qt here: they run in worker threads).
+
+Each job yields :class:`~napari_textdiff.core.progress.Progress` events whose ``payload`` carries
+what the GUI must show (a finished label image, a synthetic sample); the GUI thread applies
+payloads to layers. Jobs check ``should_stop`` between units of work.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..core.progress import Progress
+
+__all__ = ["SegmentItem", "Segmented", "segment_job", "finetune_job", "synthesize_job",
+           "Sample", "unpack_sample", "probability_to_labels"]
+
+
+@dataclasses.dataclass
+class SegmentItem:
+    """One image to segment: ``raw`` is the layer data (converted once the model is known)."""
+
+    name: str
+    raw: np.ndarray
+    text: str = ""
+
+
+@dataclasses.dataclass
+class Segmented:
+    name: str
+    labels: np.ndarray     # int32 (H, W): {0,1} or instance ids
+    foreground: float      # fraction of foreground pixels
+
+
+def probability_to_labels(prob: np.ndarray, threshold: float, split: bool) -> np.ndarray:
+    mask = np.asarray(prob) >= threshold
+    if split:
+        from ..core.instances import binary_to_instances
+
+        return np.asarray(binary_to_instances(mask), dtype=np.int32)
+    return mask.astype(np.int32)
+
+
+def segment_job(get_model: Callable[[], Any], items: Sequence[SegmentItem], *,
+                threshold: float = 0.5, split: bool = False, tiled: bool = True,
+                device=None, should_stop: Callable[[], bool] | None = None):
+    """Load the model (first use) and segment ``items`` one by one; returns the count done."""
+    from ._layers import to_model_input
+
+    total = len(items)
+    yield Progress("load", 0, total, message="loading model")
+    model = get_model()
+    done = 0
+    for i, it in enumerate(items):
+        if should_stop is not None and should_stop():
+            break
+        image = to_model_input(it.raw, model.channels)
+        text = it.text if getattr(model, "uses_text", False) else None
+        prob = model.predict_proba(image, text, tiled=tiled, device=device)
+        labels = probability_to_labels(prob, threshold, split)
+        done += 1
+        yield Progress("segment", i + 1, total, message=it.name,
+                       payload=Segmented(it.name, labels, float((labels > 0).mean())))
+    return done
+
+
+def finetune_job(session, pairs: Sequence[tuple[str, np.ndarray, np.ndarray, str]], *,
+                 epochs: int, lr: float, should_stop: Callable[[], bool] | None = None,
+                 **kw):
+    """Fine-tune the session's model on ``(name, image_raw, labels, text)`` pairs.
+
+    Saves a snapshot first; if training raises, the snapshot is restored (the previous model is
+    kept) and the error re-raised. Returns the finetune generator's own return value.
+    """
+    from ..core.models import Example
+    from ._layers import to_model_input
+
+    yield Progress("load", 0, epochs, message="loading model")
+    model = session.ensure_model()
+    examples = [Example(to_model_input(img, model.channels),
+                        (np.asarray(lab) > 0).astype(np.uint8), text, name)
+                for name, img, lab, text in pairs]
+    snap = session.snapshot()
+    try:
+        result = yield from model.finetune(examples, epochs=epochs, lr=lr,
+                                           should_stop=should_stop, **kw)
+    except GeneratorExit:
+        raise                               # the consumer stopped at a yield: model is valid
+    except BaseException:
+        session.restore(snap)
+        raise
+    session.mark_finetuned()
+    return result
+
+
+@dataclasses.dataclass
+class Sample:
+    image: np.ndarray                  # float32 (H, W, C) in [0, 1]
+    distance: float | None = None      # to the nearest training image
+    nearest: str | None = None         # that image's name, when the synthesizer says
+
+
+def unpack_sample(payload) -> Sample | None:
+    """Accept the synthesizer's payload as a Sample-like object, a dict or a tuple."""
+    if payload is None:
+        return None
+    if isinstance(payload, np.ndarray):
+        return Sample(payload)
+    if isinstance(payload, dict):
+        img = next((payload[k] for k in ("image", "sample", "x") if k in payload), None)
+        dist = next((payload[k] for k in ("distance", "nearest_distance", "nn_distance", "dist")
+                     if k in payload), None)
+        near = next((payload[k] for k in ("nearest", "nearest_name", "nn_name") if k in payload),
+                    None)
+    elif isinstance(payload, (tuple, list)):
+        img = payload[0]
+        dist = payload[1] if len(payload) > 1 else None
+        near = payload[2] if len(payload) > 2 else None
+    else:
+        img = next((getattr(payload, k) for k in ("image", "sample") if hasattr(payload, k)), None)
+        dist = next((getattr(payload, k) for k in ("distance", "nearest_distance", "nn_distance")
+                     if hasattr(payload, k)), None)
+        near = next((getattr(payload, k) for k in ("nearest", "nearest_name") if hasattr(payload, k)),
+                    None)
+    if img is None:
+        return None
+    img = np.asarray(img, dtype=np.float32)
+    if img.ndim == 2:
+        img = img[..., None]
+    return Sample(img, None if dist is None else float(dist), None if near is None else str(near))
+
+
+def synthesize_job(ldm_dir, n: int, steps: int, eta: float, seed: int, device="auto",
+                   should_stop: Callable[[], bool] | None = None):
+    """Run the latent-diffusion sampler; yields its events with the payload as :class:`Sample`."""
+    from ..core.diffusion.synthesize import synthesize
+
+    yield Progress("load", 0, n, message="loading the diffusion model")
+    gen = synthesize(ldm_dir, n=n, steps=steps, eta=eta, seed=seed, device=device,
+                     should_stop=should_stop)
+    count = 0
+    try:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                return stop.value if stop.value is not None else count
+            s = unpack_sample(ev.payload)
+            if s is not None:
+                count += 1
+                ev = dataclasses.replace(ev, payload=s)
+            yield ev
+            if should_stop is not None and should_stop():
+                return count
+    finally:
+        gen.close()

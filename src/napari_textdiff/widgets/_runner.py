@@ -1,0 +1,190 @@
+"""Run a progress generator in a napari thread worker (or inline, for tests) with callbacks.
+
+All callbacks run in the GUI thread: ``on_event`` for each yielded Progress, ``on_done`` with the
+job's return value, ``on_error`` with the exception, ``on_finish`` always last. Errors also
+become a napari notification. A base class gives each widget a Stop flag, a progress bar
+updater and the test switches ``synchronous`` and ``confirm``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from qtpy.QtWidgets import QMessageBox, QProgressBar, QWidget
+
+__all__ = ["JobWidget"]
+
+
+class JobWidget(QWidget):
+    """Base for the dock widgets: one job at a time, Stop, progress, notifications."""
+
+    #: run jobs inline in the calling (GUI) thread: deterministic tests, no thread
+    synchronous: bool = False
+
+    def __init__(self, viewer, parent=None):
+        super().__init__(parent)
+        from ._session import get_session
+
+        self.viewer = viewer
+        self.session = get_session(viewer)
+        self.worker = None
+        self.last_error: BaseException | None = None
+        self.last_result: Any = None
+        self._stop = False
+        #: ``confirm(title, text) -> bool``; replace in tests to answer dialogs
+        self.confirm: Callable[[str, str], bool] = self._ask
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _ask(self, title: str, text: str) -> bool:
+        ans = QMessageBox.question(self, title, text, QMessageBox.Yes | QMessageBox.No,
+                                   QMessageBox.No)
+        return ans == QMessageBox.Yes
+
+    def should_stop(self) -> bool:
+        return self._stop
+
+    def request_stop(self) -> None:
+        self._stop = True
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    @staticmethod
+    def show_progress(bar: QProgressBar, ev) -> None:
+        if ev.total:
+            bar.setRange(0, int(ev.total))
+            bar.setValue(min(int(ev.step), int(ev.total)))
+        else:
+            bar.setRange(0, 0)  # busy indicator
+        bar.setFormat(ev.describe()[:80] if ev.total else ev.stage)
+
+    def notify_error(self, err: BaseException, what: str) -> None:
+        self.last_error = err
+        msg = f"{what} failed: {err}"
+        try:
+            from napari.utils.notifications import show_error
+
+            show_error(msg)
+        except Exception:  # pragma: no cover - notification manager unavailable
+            print(msg)
+
+    @staticmethod
+    def notify_info(msg: str) -> None:
+        from napari.utils.notifications import show_info
+
+        show_info(msg)
+
+    # -- running ----------------------------------------------------------------------------------
+    def start_job(self, gen_fn: Callable[[], Any], *, what: str,
+                  on_event: Callable | None = None, on_done: Callable | None = None,
+                  on_error: Callable | None = None, on_finish: Callable | None = None) -> bool:
+        """Start ``gen_fn()`` (a generator function). Returns False if a job is already running."""
+        if self.worker is not None or not self.session.busy.acquire(blocking=False):
+            self.notify_info("napari-textdiff: another job is still running; stop it first.")
+            return False
+        self._stop = False
+        self.last_error = None
+
+        def event(ev):
+            if on_event is not None:
+                on_event(ev)
+
+        def done(value):
+            self.last_result = value
+            if on_done is not None:
+                on_done(value)
+
+        def error(err):
+            self.notify_error(err, what)
+            if on_error is not None:
+                on_error(err)
+
+        def finish():
+            self.worker = None
+            self.session.busy.release()
+            if on_finish is not None:
+                on_finish()
+
+        if self.synchronous:
+            self.worker = "sync"
+            try:
+                gen = gen_fn()
+                try:
+                    while True:       # jobs see Stop through should_stop and return
+                        event(next(gen))
+                except StopIteration as stop:
+                    done(stop.value)
+            except Exception as err:  # noqa: BLE001 - reported to the user
+                error(err)
+            finally:
+                finish()
+            return True
+
+        from napari.qt.threading import create_worker
+
+        def drain():
+            return (yield from gen_fn())
+
+        w = create_worker(drain, _start_thread=False, _ignore_errors=True)
+        try:  # we report errors ourselves, with what failed and a clear message
+            w.errored.disconnect(w._relay_error)
+        except (AttributeError, TypeError, RuntimeError):  # pragma: no cover
+            pass
+        w.yielded.connect(event)
+        w.returned.connect(done)
+        w.errored.connect(error)
+        w.finished.connect(finish)
+        self.worker = w
+        w.start()
+        return True
+
+
+def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
+                       on_finish: Callable | None = None) -> bool:
+    """Segment image ``layers`` with the session's model and settings, from widget ``w``.
+
+    ``w`` needs ``progress`` (QProgressBar) and ``status`` (QLabel). Corrected labels are only
+    overwritten if ``w.confirm`` says yes.
+    """
+    from . import _layers
+    from ._jobs import SegmentItem, segment_job
+
+    viewer, session = w.viewer, w.session
+    keep = []
+    for ly in layers:
+        lab = _layers.find_labels(viewer, ly)
+        if lab is not None and _layers.was_edited(lab):
+            if not w.confirm("Overwrite corrected labels?",
+                             f"'{lab.name}' was edited since the last prediction. Replace it "
+                             "with a new prediction? (Ctrl-Z on the layer undoes it.)"):
+                continue
+        keep.append(ly)
+    if not keep:
+        w.status.setText("nothing to segment (corrected labels kept)")
+        return False
+    items = [SegmentItem(ly.name, ly.data, _layers.description_of(ly)) for ly in keep]
+    by_name = {ly.name: ly for ly in keep}
+    threshold, split, tiled = session.threshold, session.split, session.tiled
+    modality = session.modality
+    device = None if session.device == "auto" else session.device
+
+    def on_event(ev):
+        w.show_progress(w.progress, ev)
+        seg = ev.payload
+        if seg is not None and seg.name in by_name:
+            layer = by_name[seg.name]
+            if layer in viewer.layers:
+                _layers.apply_prediction(viewer, layer, seg.labels, modality)
+            w.status.setText(f"{seg.name}: {100 * seg.foreground:.1f}% foreground")
+
+    def on_done(n):
+        w.status.setText(f"segmented {n} of {len(items)} image(s)"
+                         + (" (stopped)" if w.should_stop() else ""))
+
+    def on_error(err):
+        w.status.setText(f"error: {err}")
+
+    return w.start_job(
+        lambda: segment_job(session.ensure_model, items, threshold=threshold, split=split,
+                            tiled=tiled, device=device, should_stop=w.should_stop),
+        what=what, on_event=on_event, on_done=on_done, on_error=on_error, on_finish=on_finish)

@@ -1,0 +1,245 @@
+"""Fine-tune panel: train the model's light head on the corrected images in the viewer.
+
+The user ticks which image / labels / description triples to use (corrected ones are ticked by
+default), starts and may stop training (the model is valid at every step), watches the loss,
+then the other images are re-segmented with the improved model. The model before each
+fine-tune is kept as a snapshot: Revert brings it back, a failed fine-tune restores it itself.
+"""
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QCheckBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
+                            QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
+                            QSpinBox, QVBoxLayout)
+
+from . import _layers
+from ._plot import LivePlot
+from ._runner import JobWidget, start_segmentation
+
+__all__ = ["FinetuneWidget"]
+
+
+class FinetuneWidget(JobWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self.pairs = QListWidget()
+        self.pairs.setMinimumHeight(80)
+        self.refresh_button = QPushButton("Refresh list")
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 1000)
+        self.epochs.setValue(20)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(6)
+        self.lr.setRange(1e-6, 1.0)
+        self.lr.setSingleStep(1e-4)
+        self.lr.setValue(1e-4)
+        self.resegment = QCheckBox("then re-segment the other images")
+        self.resegment.setChecked(True)
+        self.start_button = QPushButton("Start")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.plot = LivePlot()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.model_info = QLabel(self.session.model_label)
+        self.model_info.setWordWrap(True)
+        self.save_button = QPushButton("Save model…")
+        self.revert_button = QPushButton("Revert")
+        self.revert_button.setToolTip("Go back to the model before the last fine-tune")
+
+        lay = QVBoxLayout(self)
+        lay.addWidget(QLabel("Train on (image + corrected labels + description):"))
+        lay.addWidget(self.pairs)
+        lay.addWidget(self.refresh_button)
+        form = QFormLayout()
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Learning rate", self.lr)
+        lay.addLayout(form)
+        lay.addWidget(self.resegment)
+        row = QHBoxLayout()
+        row.addWidget(self.start_button)
+        row.addWidget(self.stop_button)
+        lay.addLayout(row)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.plot)
+        lay.addWidget(self.status)
+        lay.addWidget(self.model_info)
+        row2 = QHBoxLayout()
+        row2.addWidget(self.save_button)
+        row2.addWidget(self.revert_button)
+        lay.addLayout(row2)
+        lay.addStretch(1)
+
+        self._user_ticks: dict = {}
+        self._watched: set = set()
+        self._filling = False
+        self.pairs.itemChanged.connect(self._item_changed)
+        self.refresh_button.clicked.connect(lambda: self.refresh())
+        self.start_button.clicked.connect(lambda: self.start())
+        self.stop_button.clicked.connect(lambda: self.request_stop())
+        self.save_button.clicked.connect(self._save_dialog)
+        self.revert_button.clicked.connect(lambda: self.revert())
+        self.session.model_changed.connect(self._model_changed)
+        ev = self.viewer.layers.events
+        ev.inserted.connect(self.refresh)
+        ev.removed.connect(self.refresh)
+        self.refresh()
+        self._update_buttons()
+
+    # -- the training set ------------------------------------------------------------------------
+    def refresh(self, event=None) -> None:
+        """List every image that has a labels layer. Corrected pairs are ticked by default;
+        the user's own ticks are kept."""
+        self._filling = True
+        try:
+            self.pairs.clear()
+            for img in _layers.image_layers(self.viewer):
+                lab = _layers.find_labels(self.viewer, img)
+                if lab is None:
+                    continue
+                if id(lab) not in self._watched:      # re-list when the user paints
+                    self._watched.add(id(lab))
+                    lab.events.paint.connect(self._labels_painted)
+                edited = _layers.was_edited(lab)
+                item = QListWidgetItem(f"{img.name}  ↔  {lab.name}"
+                                       + ("  (corrected)" if edited else ""))
+                item.setData(Qt.UserRole, img.name)
+                item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+                default = Qt.Checked if edited else Qt.Unchecked
+                item.setCheckState(self._user_ticks.get(img.name, default))
+                self.pairs.addItem(item)
+        finally:
+            self._filling = False
+
+    def _labels_painted(self, event=None) -> None:
+        if self.worker is None:
+            self.refresh()
+
+    def _item_changed(self, item) -> None:
+        if not self._filling:
+            self._user_ticks[item.data(Qt.UserRole)] = item.checkState()
+
+    def set_checked(self, names) -> None:
+        names = set(names)
+        for i in range(self.pairs.count()):
+            it = self.pairs.item(i)
+            it.setCheckState(Qt.Checked if it.data(Qt.UserRole) in names else Qt.Unchecked)
+
+    def checked_names(self) -> list[str]:
+        return [self.pairs.item(i).data(Qt.UserRole) for i in range(self.pairs.count())
+                if self.pairs.item(i).checkState() == Qt.Checked]
+
+    # -- training ----------------------------------------------------------------------------------
+    def start(self) -> bool:
+        from ._jobs import finetune_job
+
+        names = [n for n in self.checked_names() if n in self.viewer.layers]
+        if not names:
+            self.notify_info("napari-textdiff: tick at least one image with corrected labels.")
+            return False
+        pairs = []
+        for n in names:
+            img = self.viewer.layers[n]
+            lab = _layers.find_labels(self.viewer, img)
+            if lab is None:
+                continue
+            pairs.append((n, np.asarray(img.data).copy(), np.asarray(lab.data).copy(),
+                          _layers.description_of(img)))
+        trained = {p[0] for p in pairs}
+        epochs, lr, session = self.epochs.value(), self.lr.value(), self.session
+        self.plot.clear()
+        self._n = 0
+        state = {"ok": False}
+
+        def on_event(ev):
+            self.show_progress(self.progress, ev)
+            if ev.loss is not None:
+                self._n += 1
+                x = ev.step if ev.step else self._n
+                self.plot.add("loss", x, ev.loss)
+                for k, v in (ev.metrics or {}).items():
+                    self.plot.add(k, x, v)
+            self.status.setText(ev.describe())
+
+        def on_done(result):
+            state["ok"] = True
+            self.status.setText(("stopped early; the model trained so far is kept"
+                                 if self._stop else "fine-tune finished") +
+                                f" ({len(pairs)} image(s))")
+
+        def on_error(err):
+            self.status.setText(f"fine-tune failed, previous model kept: {err}")
+
+        def on_finish():
+            self._set_running(False)
+            if state["ok"] and self.resegment.isChecked():
+                rest = [ly for ly in _layers.image_layers(self.viewer) if ly.name not in trained]
+                if rest:
+                    self._set_running(True)
+                    if not start_segmentation(self, rest, what="Re-segmentation",
+                                              on_finish=lambda: self._set_running(False)):
+                        self._set_running(False)
+            self.refresh()
+
+        self._set_running(True)
+        ok = self.start_job(lambda: finetune_job(session, pairs, epochs=epochs, lr=lr,
+                                                 should_stop=self.should_stop),
+                            what="Fine-tuning", on_event=on_event, on_done=on_done,
+                            on_error=on_error, on_finish=on_finish)
+        if not ok:
+            self._set_running(False)
+        return ok
+
+    # -- model management ----------------------------------------------------------------------------
+    def save_model(self, path) -> None:
+        if self.session.model is None:
+            raise RuntimeError("no model to save yet: segment or fine-tune first")
+        self.session.model.save(path)
+        self.status.setText(f"saved {path}")
+
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the fine-tuned model",
+                                              "finetuned.safetensors",
+                                              "napari-textdiff model (*.safetensors)")
+        if path:
+            try:
+                self.save_model(path)
+            except Exception as err:  # noqa: BLE001
+                self.notify_error(err, "Saving the model")
+
+    def revert(self) -> bool:
+        """Back to the model before the last fine-tune (a no-op when there is none)."""
+        if not self.session.snapshots or self.running:
+            return False
+        snap = self.session.snapshots[-1]
+        session = self.session
+
+        def job():
+            from ..core.progress import Progress
+
+            yield Progress("revert", 0, 1, message="loading the previous model")
+            session.restore(snap)
+            yield Progress("revert", 1, 1, message="previous model restored")
+
+        def on_event(ev):
+            self.show_progress(self.progress, ev)
+            self.status.setText(ev.message)
+
+        return self.start_job(job, what="Reverting the model", on_event=on_event,
+                              on_finish=self._update_buttons)
+
+    def _model_changed(self, label: str) -> None:
+        self.model_info.setText(label)
+        self._update_buttons()
+
+    def _set_running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        idle = self.worker is None
+        self.revert_button.setEnabled(idle and bool(self.session.snapshots))
+        self.save_button.setEnabled(idle and self.session.model is not None)

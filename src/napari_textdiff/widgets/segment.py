@@ -1,0 +1,150 @@
+"""Segment panel: model, device, threshold, instances; run on the selected image or all images.
+
+Predictions go into one Labels layer per image (``<image>_labels``), updated in place as one
+undo step. A labels layer the user has corrected since the last prediction is only overwritten
+after confirmation.
+"""
+from __future__ import annotations
+
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
+                            QHBoxLayout, QLabel, QPushButton, QProgressBar, QVBoxLayout)
+
+from ..core import defaults
+from . import _layers
+from ._runner import JobWidget, start_segmentation
+from ._session import DEFAULT_SOURCE, DEVICES
+
+__all__ = ["SegmentWidget"]
+
+
+class SegmentWidget(JobWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self.model_choice = QComboBox()
+        self.model_choice.addItem("bundled model for the modality", DEFAULT_SOURCE)
+        self.browse = QPushButton("Model file…")
+        self.model_info = QLabel(self.session.model_label)
+        self.model_info.setWordWrap(True)
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.01, 0.99)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setDecimals(2)
+        self.split = QCheckBox("split touching objects into instances")
+        self.tiled = QCheckBox("tile large images")
+        self.tiled.setChecked(True)
+        self.all_images = QCheckBox("all images (else the selected one)")
+        self.run_button = QPushButton("Segment")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        row = QHBoxLayout()
+        row.addWidget(self.model_choice, 1)
+        row.addWidget(self.browse)
+        form.addRow("Model", row)
+        form.addRow("", self.model_info)
+        form.addRow("Device", self.device)
+        form.addRow("Threshold", self.threshold)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        for w in (self.split, self.tiled, self.all_images):
+            lay.addWidget(w)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.stop_button)
+        lay.addLayout(buttons)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+        self.browse.clicked.connect(self._browse)
+        self.model_choice.currentIndexChanged.connect(self._source_chosen)
+        self.device.currentTextChanged.connect(self._device_chosen)
+        self.run_button.clicked.connect(lambda: self.run())
+        self.stop_button.clicked.connect(lambda: self.request_stop())
+        self.session.modality_changed.connect(self.apply_modality_defaults)
+        self.session.model_changed.connect(self.model_info.setText)
+        self.threshold.valueChanged.connect(self._settings_changed)
+        self.split.toggled.connect(self._settings_changed)
+        self.tiled.toggled.connect(self._settings_changed)
+        self.apply_modality_defaults(self.session.modality)
+        self._settings_changed()
+
+    # -- choices ----------------------------------------------------------------------------------
+    def apply_modality_defaults(self, modality: str) -> None:
+        d = defaults.modality_defaults(modality)
+        self.threshold.setValue(d.threshold)
+        self.split.setChecked(d.split_instances)
+        p = defaults.default_model_path(modality)
+        self.model_choice.setItemText(
+            0, f"bundled: {p.name}" if p else f"bundled {d.label} model (not installed)")
+
+    def set_model_file(self, path) -> None:
+        """Use a model bundle file (as the "Model file…" button does)."""
+        path = str(path)
+        i = self.model_choice.findData(path)
+        if i < 0:
+            self.model_choice.addItem(path.rsplit("/", 1)[-1], path)
+            i = self.model_choice.count() - 1
+        self.model_choice.setCurrentIndex(i)
+        self.session.source = path
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a model bundle", "",
+                                              "napari-textdiff model (*.safetensors)")
+        if path:
+            self.set_model_file(path)
+
+    def _source_chosen(self, index: int) -> None:
+        self.session.source = self.model_choice.itemData(index)
+
+    def _device_chosen(self, text: str) -> None:
+        self.session.device = text
+
+    def _settings_changed(self, *_) -> None:
+        self.session.threshold = self.threshold.value()
+        self.session.split = self.split.isChecked()
+        self.session.tiled = self.tiled.isChecked()
+
+    # -- running -----------------------------------------------------------------------------------
+    def targets(self) -> list:
+        if self.all_images.isChecked():
+            return _layers.image_layers(self.viewer)
+        layer = self.viewer.layers.selection.active
+        if layer is not None and not _layers.is_2d_image(layer):
+            src = layer.metadata.get("source_image")
+            layer = self.viewer.layers[src] if src in self.viewer.layers else None
+        return [layer] if layer is not None else []
+
+    def run(self, layers=None) -> bool:
+        """Segment ``layers`` (default: the selected image, or all with "all images")."""
+        layers = self.targets() if layers is None else list(layers)
+        if not layers:
+            self.notify_info("napari-textdiff: select a 2-D image layer to segment.")
+            return False
+        return self.segment_layers(layers)
+
+    def segment_layers(self, layers, *, what: str = "Segmentation", on_finish=None) -> bool:
+        self._set_running(True)
+
+        def fin():
+            self._set_running(False)
+            if on_finish is not None:
+                on_finish()
+
+        ok = start_segmentation(self, layers, what=what, on_finish=fin)
+        if not ok:
+            self._set_running(False)
+        return ok
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        if not running:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(1 if self.last_error is None else 0)

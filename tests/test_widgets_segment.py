@@ -1,0 +1,147 @@
+"""Segment panel driven like a user: model file, threshold, Segment, undo, edited-labels guard."""
+import numpy as np
+import pytest
+
+from conftest import FakeModel, blob_image
+
+pytestmark = pytest.mark.gui
+
+
+def _segment_widget(viewer):
+    from napari_textdiff.widgets.segment import SegmentWidget
+
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    return w
+
+
+def _wait(qtbot, w, timeout=30000):
+    qtbot.waitUntil(lambda: not w.running, timeout=timeout)
+
+
+def test_real_model_segments_in_a_worker_and_undo_restores(viewer, qtbot, tiny_mgcc_path):
+    from napari_textdiff.core.models import load_model
+
+    img, _ = blob_image()
+    image = viewer.add_image(img, name="cells")
+    w = _segment_widget(viewer)
+    w.set_model_file(tiny_mgcc_path)
+    w.device.setCurrentText("cpu")
+    w.split.setChecked(False)
+    ref = load_model(tiny_mgcc_path, device="cpu").predict_proba(
+        img[..., None].astype(np.float32) / 255)
+    t1 = float(np.quantile(ref, 0.3))           # thresholds that give different, non-empty masks
+    t2 = float(np.quantile(ref, 0.7))
+    w.threshold.setValue(round(t1, 2))
+    viewer.layers.selection.active = image
+    w.run_button.click()                        # the real thread worker
+    assert w.running
+    _wait(qtbot, w)
+    assert w.last_error is None, w.last_error
+    lab = viewer.layers["cells_labels"]
+    assert lab.data.dtype == np.int32 and lab.data.shape == img.shape
+    first = (ref >= w.threshold.value()).astype(np.int32)
+    np.testing.assert_array_equal(lab.data, first)
+    assert lab.metadata["source_image"] == "cells"
+    assert "segmented 1 of 1" in w.status.text()
+
+    # a second run updates the same layer in place, as one undoable step
+    w.threshold.setValue(round(t2, 2))
+    w.run_button.click()
+    _wait(qtbot, w)
+    second = (ref >= w.threshold.value()).astype(np.int32)
+    assert viewer.layers["cells_labels"] is lab and len(viewer.layers) == 2
+    np.testing.assert_array_equal(lab.data, second)
+    assert not np.array_equal(first, second)
+    lab.undo()
+    np.testing.assert_array_equal(lab.data, first)
+    lab.redo()
+    np.testing.assert_array_equal(lab.data, second)
+
+
+def test_corrections_are_not_overwritten_without_confirmation(viewer, fake_model_path):
+    img, _ = blob_image()
+    image = viewer.add_image(img, name="im")
+    image.metadata["description"] = "two bright round cells"
+    w = _segment_widget(viewer)
+    w.synchronous = True
+    w.set_model_file(fake_model_path)
+    w.threshold.setValue(0.3)
+    viewer.layers.selection.active = image
+    assert w.run()
+    lab = viewer.layers["im_labels"]
+    pred = lab.data.copy()
+    assert pred.sum() > 0 and lab.metadata["description"] == "two bright round cells"
+    # the description reached the model (it uses text)
+    assert w.session.model.texts[-1] == "two bright round cells"
+
+    # the user paints a correction through napari's edit path
+    idx = (np.array([0, 0, 1]), np.array([0, 1, 0]))
+    lab.data_setitem(idx, 7)
+    corrected = lab.data.copy()
+    asked = []
+    w.confirm = lambda title, text: asked.append(text) or False
+    w.threshold.setValue(0.6)
+    assert not w.run()
+    assert asked and "im_labels" in asked[0]
+    np.testing.assert_array_equal(lab.data, corrected)       # kept
+
+    w.confirm = lambda title, text: True
+    assert w.run()
+    new = (img.astype(np.float32) / 255 * 0.5 >= 0.6).astype(np.int32)
+    np.testing.assert_array_equal(lab.data, new)
+    lab.undo()                                               # Ctrl-Z gives the correction back
+    np.testing.assert_array_equal(lab.data, corrected)
+
+
+def test_all_images_split_instances_and_stop(viewer, fake_model_path):
+    for i in range(3):
+        img, _ = blob_image(seed=i)
+        viewer.add_image(img, name=f"img{i}")
+    viewer.add_image(np.zeros((4, 8, 8), np.uint8), name="a 3-D stack")   # skipped
+    w = _segment_widget(viewer)
+    w.synchronous = True
+    w.set_model_file(fake_model_path)
+    w.threshold.setValue(0.3)
+    w.split.setChecked(True)
+    w.all_images.setChecked(True)
+    assert w.run()
+    for i in range(3):
+        lab = viewer.layers[f"img{i}_labels"]
+        assert sorted(np.unique(lab.data)) == [0, 1, 2]       # two separate cells
+    assert "a 3-D stack_labels" not in viewer.layers
+
+    # Stop after the first image: the others are left alone
+    for i in range(3):
+        viewer.layers.remove(f"img{i}_labels")
+    seen = []
+    w.progress.valueChanged.connect(lambda v: (seen.append(v), v >= 1 and w.request_stop()))
+    assert w.run()
+    assert "img0_labels" in viewer.layers and "img2_labels" not in viewer.layers
+    assert "stopped" in w.status.text()
+
+
+def test_missing_bundled_model_is_a_clear_error(viewer, qtbot):
+    img, _ = blob_image()
+    viewer.add_image(img, name="x")
+    w = _segment_widget(viewer)
+    w.synchronous = True
+    assert "not installed" in w.model_choice.itemText(0)
+    assert w.run()
+    assert isinstance(w.last_error, FileNotFoundError)
+    assert "No bundled Histology" in str(w.last_error)
+    assert "x_labels" not in viewer.layers
+    assert w.run_button.isEnabled() and not w.stop_button.isEnabled()
+
+
+def test_modality_sets_defaults(viewer):
+    from napari_textdiff.core.defaults import MODALITIES
+
+    w = _segment_widget(viewer)
+    w.session.set_modality("histology")
+    assert w.split.isChecked()
+    w.session.set_modality("ultrasound")
+    assert not w.split.isChecked()
+    assert w.threshold.value() == pytest.approx(MODALITIES["ultrasound"].threshold)
+    assert "ultrasound_mgcc" in w.model_choice.itemText(0) or "not installed" in \
+        w.model_choice.itemText(0)
