@@ -267,3 +267,16 @@ def test_image_shape_reads_headers(tmp_path):
     assert io.image_shape(tmp_path / "a.png") == (5, 8)
     io.write_image(tmp_path / "a.tif", np.zeros((6, 4), np.uint16))
     assert io.image_shape(tmp_path / "a.tif") == (6, 4)
+
+
+def test_open_lazy_memmaps_large_files(tmp_path):
+    a = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "raw.tif", a, photometric="rgb")      # uncompressed
+    lazy = io.open_lazy(tmp_path / "raw.tif")
+    assert isinstance(lazy, np.memmap)
+    np.testing.assert_array_equal(lazy[5:9, 2:7], a[5:9, 2:7])
+    np.save(tmp_path / "a.npy", a)
+    assert isinstance(io.open_lazy(tmp_path / "a.npy"), np.memmap)
+    # compressed files fall back to a full read
+    io.write_image(tmp_path / "z.tif", a)
+    np.testing.assert_array_equal(io.open_lazy(tmp_path / "z.tif"), a)

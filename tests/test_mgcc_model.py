@@ -17,7 +17,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-
 def _model(channels=1, size=32):
     torch.manual_seed(0)
     return MGCCModel.create(in_channels=channels, width=0.0625, size=size)

@@ -16,7 +16,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-
 def test_published_parameter_counts():
     # constructing the full-width model is cheap (no activations); only count
     infer = MGCCNet(MGCCConfig(in_channels=3, aux=False))

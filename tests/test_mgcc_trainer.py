@@ -21,7 +21,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-
 def _case(seed, h=40, w=48):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:h, :w]

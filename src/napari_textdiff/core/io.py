@@ -32,7 +32,7 @@ import numpy as np
 __all__ = [
     "ImageReadError", "IMAGE_SUFFIXES", "MASK_SUFFIXES", "read_image", "normalize_image",
     "load_image", "read_mask", "write_mask", "write_image", "check_same_shape", "image_shape",
-    "is_image_file",
+    "is_image_file", "open_lazy",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -269,6 +269,33 @@ def image_shape(path) -> tuple[int, int]:
         pass
     a = read_image(p, plane=0)
     return int(a.shape[0]), int(a.shape[1])
+
+
+def open_lazy(path, plane: int | None = None):
+    """A sliceable view of a (large) image without reading it all: a read-only memmap for
+    ``.npy`` and uncompressed contiguous TIFFs, otherwise the fully read array. Meant for
+    :func:`core.tiling.predict_tiled` on whole-slide-sized files (raw dtype: normalise tiles,
+    e.g. ``/ 255``, in the predict function)."""
+    p = _check_file(path)
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        try:
+            a = np.load(p, mmap_mode="r", allow_pickle=False)
+        except Exception as e:
+            raise ImageReadError(p, f"cannot read .npy ({e})") from e
+        if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] <= 4):
+            return a
+    elif suffix in TIFF_SUFFIXES:
+        import tifffile
+        try:
+            with tifffile.TiffFile(p) as tf:
+                s = tf.series[0]
+                simple = s.axes in ("YX", "YXS") and s.dataoffset is not None
+            if simple:
+                return tifffile.memmap(p, mode="r")
+        except Exception:
+            pass
+    return read_image(p, plane=plane)
 
 
 # ------------------------------------------------------------------------------ normalisation

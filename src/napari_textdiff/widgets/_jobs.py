@@ -99,6 +99,7 @@ class Sample:
     image: np.ndarray                  # float32 (H, W, C) in [0, 1]
     distance: float | None = None      # to the nearest training image
     nearest: str | None = None         # that image's name, when the synthesizer says
+    near_copy: bool = False            # the synthesizer flags it as a near-copy
 
 
 def unpack_sample(payload) -> Sample | None:
@@ -128,7 +129,10 @@ def unpack_sample(payload) -> Sample | None:
     img = np.asarray(img, dtype=np.float32)
     if img.ndim == 2:
         img = img[..., None]
-    return Sample(img, None if dist is None else float(dist), None if near is None else str(near))
+    copy = bool(payload.get("near_copy", False)) if isinstance(payload, dict) else \
+        bool(getattr(payload, "near_copy", False))
+    return Sample(img, None if dist is None else float(dist), None if near is None else str(near),
+                  copy)
 
 
 def synthesize_job(ldm_dir, n: int, steps: int, eta: float, seed: int, device="auto",

@@ -143,6 +143,7 @@ class SyntheticWidget(JobWidget):
         self.viewer.dims.set_current_step(0, len(self.samples) - 1)
         d = "?" if sample.distance is None else f"{sample.distance:.4f}"
         near = f"  ({sample.nearest})" if sample.nearest else ""
+        near += "  NEAR COPY" if sample.near_copy else ""
         self.distances.addItem(f"sample {len(self.samples)}: {d}{near}")
 
     def _show_sample(self, row: int) -> None:

@@ -30,7 +30,8 @@ class TextDiffConfig:
     working_size: int = 256                 # tile / crop side the features are computed on
     scale: float = 1.0                      # images are rescaled by this before tiling
     resize_to: int | None = None            # paper protocol: whole image resized to N x N
-    tile_overlap: int = 64                  # overlap of prediction tiles (and training tiles)
+    tile_overlap: int | None = None         # tile overlap (prediction and training grid);
+    #                                         None = working_size // 4
     # --- text -----------------------------------------------------------------------------
     text_encoder: str = DEFAULT_TEXT_ENCODER
     # 64 tokens: MoNuSeg/LViT descriptions are <= 12 tokens, the chest X-ray clinical notes
@@ -65,6 +66,11 @@ class TextDiffConfig:
             raise ValueError("steps: give at least one noise step")
         if self.resize_to is not None:
             self.working_size = int(self.resize_to)
+        if self.tile_overlap is None:
+            self.tile_overlap = self.working_size // 4
+        if not 0 <= self.tile_overlap < self.working_size:
+            raise ValueError(f"tile_overlap must be in [0, working_size), got "
+                             f"{self.tile_overlap} for working_size {self.working_size}")
         if self.scale <= 0:
             raise ValueError(f"scale must be > 0, got {self.scale}")
         self.steps = [int(s) for s in self.steps]
