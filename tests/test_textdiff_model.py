@@ -113,6 +113,9 @@ def test_stopped_fit_leaves_a_loadable_model(env, tmp_path):
         return n[0] > 3
     hist = run(m.fit(shapes_set(4, seed=0), should_stop=stop))
     assert hist["stopped"] and hist["epochs_run"] == 3  # 1 step per epoch
+    # a stop during the feature stage leaves the (untrained) head untouched and usable
+    early = run(_model(env).fit(shapes_set(4, seed=0), should_stop=lambda: True))
+    assert early["stopped"] and early["epochs_run"] == 0
     m.save(tmp_path / "stopped.safetensors")
     m2 = TextDiffModel.load(tmp_path / "stopped.safetensors", device="cpu")
     assert m2.predict(np.random.rand(40, 40, 3).astype(np.float32), "left").shape == (40, 40)

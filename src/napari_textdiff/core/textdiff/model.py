@@ -252,8 +252,8 @@ class TextDiffModel:
         return out
 
     def _build_cache(self, examples: Sequence[Example], max_tiles_per_image: int | None,
-                     rng: np.random.Generator, stage: str = "features"):
-        """Generator: computes the features of every training tile once."""
+                     rng: np.random.Generator, stage: str = "features", should_stop=None):
+        """Generator: computes the features of every training tile once (None if stopped)."""
         texts: list[str] = []
         tiles = []
         for ex in examples:
@@ -276,6 +276,9 @@ class TextDiffModel:
         t0 = time.monotonic()
         try:
             for i in range(0, len(tiles), bs):
+                if should_stop is not None and should_stop():
+                    cache.close()
+                    return None
                 chunk = tiles[i:i + bs]
                 feats = self.features(np.stack([a for a, _, _, _ in chunk]), batch_size=bs)
                 for k, f in enumerate(feats):
@@ -312,6 +315,7 @@ class TextDiffModel:
         bad_epochs = 0
         step = 0
         t0 = time.monotonic()
+        from ..device import autocast
         try:
             for epoch in range(1, epochs + 1):
                 perm = rng.permutation(cache.n)
@@ -330,7 +334,6 @@ class TextDiffModel:
                         ti = torch.as_tensor(cache.text[idx], device=self.device)
                         th, tm = th[ti], tm[ti]
                     self.head.train()
-                    from ..device import autocast
                     with autocast(self.device):
                         logits = self.head(feats, th, tm, out_size=masks.shape[-2:])
                     logits = logits.float()
@@ -423,12 +426,19 @@ class TextDiffModel:
             val = [train[i] for i in perm[:n_val]]
             train = [train[i] for i in perm[n_val:]]
         t0 = time.monotonic()
-        cache = yield from self._build_cache(train, max_tiles_per_image, rng)
+        stopped = {"loss": [], "val_dice": [], "stopped": True, "epochs_run": 0}
+        cache = yield from self._build_cache(train, max_tiles_per_image, rng,
+                                             should_stop=should_stop)
+        if cache is None:
+            return stopped
         val_cache = None
         try:
             if val:
                 val_cache = yield from self._build_cache(list(val), max_tiles_per_image, rng,
-                                                         stage="features (validation)")
+                                                         stage="features (validation)",
+                                                         should_stop=should_stop)
+                if val_cache is None:
+                    return stopped
             t_feat = time.monotonic() - t0
             hist = yield from self._train(cache, epochs or c.epochs, lr or c.lr, val_cache,
                                           should_stop, seed=c.seed,
@@ -455,7 +465,10 @@ class TextDiffModel:
             raise ValueError("finetune: no examples")
         t0 = time.monotonic()
         rng = np.random.default_rng(self.config.seed)
-        cache = yield from self._build_cache(examples, max_tiles_per_image, rng)
+        cache = yield from self._build_cache(examples, max_tiles_per_image, rng,
+                                             should_stop=should_stop)
+        if cache is None:
+            return {"loss": [], "stopped": True, "epochs_run": 0}
         try:
             hist = yield from self._train(cache, epochs, lr, None, should_stop,
                                           seed=self.config.seed, stage="finetune")

@@ -1,0 +1,233 @@
+"""``napari-textdiff benchmark {monuseg,busi,xray,speed,report}``: reproducible benchmarks.
+
+Each run writes ``NAME.json`` (command line, git commit, device, torch version, seeds, config,
+per-image results, loss curves), ``NAME.md`` and plots into ``--out``; ``--quick`` is a CI size.
+``benchmark report --results DIR --readme README.md`` rewrites the README block between
+``<!-- results:start -->`` and ``<!-- results:end -->`` from those JSON files.
+Torch is imported only when a command runs.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def _strs(s: str) -> list[str]:
+    return [x for x in s.replace(",", " ").split() if x]
+
+
+def _common(p, default_out: str) -> None:
+    p.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
+    p.add_argument("--quick", action="store_true", help="CI size (minutes on a CPU)")
+    p.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds")
+    p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _textdiff_opts(p) -> None:
+    p.add_argument("--backbone", default=None,
+                   help="TextDiff diffusion backbone directory (default: the bundled one, else "
+                        "a random-init backbone of --backbone-preset, recorded as such)")
+    p.add_argument("--backbone-preset", default=None,
+                   help="preset of the random-init backbone (default small; tiny with --quick)")
+    p.add_argument("--text-encoder", default=None,
+                   help="BERT-family directory (default: offline all-MiniLM-L6-v2)")
+    p.add_argument("--head-preset", default=None, choices=["cpu", "paper"])
+    p.add_argument("--epochs", type=int, default=None, help="TextDiff head epochs")
+    p.add_argument("--size", type=int, default=None, help="working size (default 256)")
+    p.add_argument("--feature-cache-mb", type=float, default=None,
+                   help="RAM for memoised diffusion features before spilling to disk")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("benchmark", help="reproducible benchmarks (JSON + Markdown + plots)",
+                       description=__doc__.split("\n\n")[0])
+    bsub = p.add_subparsers(dest="benchmark_command", metavar="BENCHMARK")
+
+    m = bsub.add_parser("monuseg", help="MoNuSeg few-shot curves (TextDiff, ablations, U-Net, "
+                                        "MGCC-light)")
+    m.add_argument("--data", required=True, help="LViT layout folder (Train_Folder, Test_Folder)")
+    m.add_argument("--train-split", default=None, help="training folder (default Train_Folder)")
+    m.add_argument("--test-split", default=None,
+                   help="test folder (default Test_Folder; e.g. Val_Folder)")
+    m.add_argument("--k", type=_ints, default=None, help="K values (default 1,2,5,10)")
+    m.add_argument("--protocols", type=_strs, default=None, help="paper,tiles")
+    m.add_argument("--methods", type=_strs, default=None,
+                   help="textdiff,textdiff_no_text,textdiff_no_xattn,unet,mgcc_light")
+    m.add_argument("--unet-iterations", type=int, default=None)
+    m.add_argument("--mgcc-iterations", type=int, default=None)
+    m.add_argument("--max-train-tiles", type=int, default=None,
+                   help="tiles protocol: TextDiff training tiles per image (default 8)")
+    m.add_argument("--max-test-images", type=int, default=None)
+    m.add_argument("--tile-overlap", type=int, default=None)
+    _textdiff_opts(m)
+    _common(m, "benchmark_results")
+    m.set_defaults(func=_monuseg)
+
+    b = bsub.add_parser("busi", help="BUSI: MGCC 50 %% labels ± synthetic, supervised U-Net")
+    b.add_argument("--data", required=True, help="BUSI folder (benign/ malignant/ normal/)")
+    g = b.add_mutually_exclusive_group()
+    g.add_argument("--synthetic", default=None, help="folder of synthetic images")
+    g.add_argument("--ldm", default=None, help="latent diffusion folder to sample them from")
+    b.add_argument("--n-synthetic", type=int, default=None, help="images to sample with --ldm")
+    b.add_argument("--iterations", type=int, default=None, help="training iterations")
+    b.add_argument("--width", type=float, default=None, help="MGCC / U-Net width multiplier")
+    b.add_argument("--size", type=int, default=None, help="working size (default 256)")
+    b.add_argument("--max-images", type=int, default=None,
+                   help="use a seeded stratified subset of the cases (speed)")
+    _common(b, "benchmark_results")
+    b.set_defaults(func=_busi)
+
+    x = bsub.add_parser("xray", help="chest X-ray lesions: TextDiff with / without notes")
+    x.add_argument("--data", required=True, help="X-ray folder (images/, structure.csv, ...)")
+    x.add_argument("--k", default=None, help="K values, integers or 'all' (default 5,all)")
+    x.add_argument("--test-fraction", type=float, default=None)
+    _textdiff_opts(x)
+    _common(x, "benchmark_results")
+    x.set_defaults(func=_xray)
+
+    s = bsub.add_parser("speed", help="latency, fine-tune time, LDM sampling, peak memory")
+    s.add_argument("--backbone", default=None)
+    s.add_argument("--backbone-preset", default=None)
+    s.add_argument("--text-encoder", default=None)
+    s.add_argument("--ldm", default=None, help="latent diffusion folder (default: bundled, "
+                                               "else an untrained one of --ldm-preset)")
+    s.add_argument("--ldm-preset", default=None)
+    s.add_argument("--repeats", type=int, default=None)
+    _common(s, "benchmark_results")
+    s.set_defaults(func=_speed)
+
+    r = bsub.add_parser("report", help="rewrite the README results block from the JSON files")
+    r.add_argument("--results", default="benchmark_results", help="folder of benchmark JSON")
+    r.add_argument("--readme", default="README.md")
+    r.add_argument("--output", default=None, help="write here instead of editing --readme")
+    r.add_argument("--print", action="store_true", help="print the block, write nothing")
+    r.set_defaults(func=_report)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+
+
+# ------------------------------------------------------------------------------ running
+def _setup(args):
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def _drive(gen, enabled: bool):
+    """Drain a benchmark generator with a tqdm bar (runs done / planned, current stage)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, unit="run", file=sys.stderr, disable=not enabled,
+               dynamic_ncols=True, desc="benchmark")
+    last = 0.0
+    try:
+        while True:
+            ev = next(gen)
+            if ev.stage == "benchmark":
+                bar.total = ev.total
+                bar.n = ev.step
+                bar.set_postfix_str(ev.message[:70], refresh=False)
+                bar.refresh()
+            elif time.monotonic() - last > 0.5:
+                last = time.monotonic()
+                bar.set_description(ev.describe()[:60], refresh=True)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        bar.close()
+
+
+def _overrides(args, names: dict[str, str]) -> dict:
+    return {key: getattr(args, attr) for attr, key in names.items()
+            if getattr(args, attr, None) is not None}
+
+
+def _finish(res) -> int:
+    import json
+
+    print(json.dumps({"files": res.get("files"), "wall_seconds": res.get("wall_seconds")},
+                     indent=1))
+    return 0
+
+
+def _monuseg(args) -> int:
+    from napari_textdiff.core.benchmark.fewshot import MonusegConfig, run_monuseg
+
+    _setup(args)
+    over = _overrides(args, {
+        "k": "k", "seeds": "seeds", "protocols": "protocols", "methods": "methods",
+        "train_split": "train_split", "test_split": "test_split", "epochs": "epochs",
+        "unet_iterations": "unet_iterations", "mgcc_iterations": "mgcc_iterations",
+        "max_train_tiles": "max_train_tiles", "max_test_images": "max_test_images",
+        "tile_overlap": "tile_overlap", "backbone": "backbone",
+        "backbone_preset": "backbone_preset", "text_encoder": "text_encoder",
+        "head_preset": "head_preset", "size": "size", "feature_cache_mb": "feature_cache_mb",
+        "device": "device"})
+    cfg = MonusegConfig.quick(**over) if args.quick else MonusegConfig(**over)
+    res = _drive(run_monuseg(args.data, args.out, cfg, argv=sys.argv), not args.no_progress)
+    return _finish(res)
+
+
+def _busi(args) -> int:
+    from napari_textdiff.core.benchmark.busi import BusiConfig, run_busi
+
+    _setup(args)
+    over = _overrides(args, {"seeds": "seeds", "synthetic": "synthetic", "ldm": "ldm",
+                             "n_synthetic": "n_synthetic", "iterations": "iterations",
+                             "width": "width", "size": "size", "max_images": "max_images",
+                             "device": "device"})
+    cfg = BusiConfig.quick(**over) if args.quick else BusiConfig(**over)
+    res = _drive(run_busi(args.data, args.out, cfg, argv=sys.argv), not args.no_progress)
+    return _finish(res)
+
+
+def _xray(args) -> int:
+    from napari_textdiff.core.benchmark.xray import XrayConfig, run_xray
+
+    _setup(args)
+    over = _overrides(args, {"seeds": "seeds", "test_fraction": "test_fraction",
+                             "backbone": "backbone", "backbone_preset": "backbone_preset",
+                             "text_encoder": "text_encoder", "head_preset": "head_preset",
+                             "epochs": "epochs", "size": "size",
+                             "feature_cache_mb": "feature_cache_mb", "device": "device"})
+    if args.k is not None:
+        over["k"] = [x if x == "all" else int(x) for x in _strs(args.k)]
+    cfg = XrayConfig.quick(**over) if args.quick else XrayConfig(**over)
+    res = _drive(run_xray(args.data, args.out, cfg, argv=sys.argv), not args.no_progress)
+    return _finish(res)
+
+
+def _speed(args) -> int:
+    from napari_textdiff.core.benchmark.speed import SpeedConfig, run_speed
+
+    _setup(args)
+    over = _overrides(args, {"seeds": "seeds", "backbone": "backbone",
+                             "backbone_preset": "backbone_preset",
+                             "text_encoder": "text_encoder", "ldm": "ldm",
+                             "ldm_preset": "ldm_preset", "repeats": "repeats",
+                             "device": "device"})
+    if "seeds" in over:
+        over["seed"] = over.pop("seeds")[0]
+    cfg = SpeedConfig.quick(**over) if args.quick else SpeedConfig(**over)
+    res = _drive(run_speed(args.out, cfg, argv=sys.argv), not args.no_progress)
+    return _finish(res)
+
+
+def _report(args) -> int:
+    from napari_textdiff.core.benchmark.report import readme_section, update_readme
+
+    if args.print:
+        print(readme_section(args.results))
+        return 0
+    dest = update_readme(args.readme, args.results, out=args.output)
+    print(f"results section written to {dest}", file=sys.stderr)
+    return 0

@@ -1,0 +1,307 @@
+"""Shared pieces of every benchmark: the run record, seeding, evaluation, aggregation, and a
+per-tile memo of frozen diffusion features.
+
+Why the memo: TextDiff's backbone is frozen and its features of an image do not depend on the
+training subset, the seed or the head variant (text / no text / no cross-attention). A few-shot
+curve fits dozens of heads on the same 30 images, so computing each tile's features once is the
+difference between minutes and a day on a CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..progress import Progress
+
+__all__ = ["run_record", "git_commit", "seed_everything", "evaluate_predictions",
+           "summarize", "FeatureMemo", "resolve_backbone", "peak_memory_mb", "Stopwatch"]
+
+
+def git_commit(cwd=None) -> str | None:
+    """HEAD commit of the checkout holding this package (None outside git), '+dirty' marked."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=10)
+        if sha.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_description(device) -> str:
+    import torch
+
+    from ..device import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(dev)}"
+    if dev.type == "mps":
+        return "mps (Apple GPU)"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
+
+
+def run_record(argv: Sequence[str] | None, device, seeds: Sequence[int], config: dict,
+               started: float | None = None) -> dict:
+    """What makes a result reproducible: command line, commit, device, versions, seeds, config."""
+    import torch
+
+    argv = list(sys.argv if argv is None else argv)
+    return {
+        "command": " ".join(shlex.quote(a) for a in argv),
+        "git_commit": git_commit(),
+        "device": str(device),
+        "device_description": device_description(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "seeds": [int(s) for s in seeds],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started or time.time())),
+        "config": config,
+    }
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb(device) -> float:
+    """Peak GPU memory allocated (CUDA) or the process's peak resident set size (CPU), MiB."""
+    import torch
+
+    from ..device import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2 ** 20
+    try:
+        import resource
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kb / 1024 if sys.platform != "darwin" else kb / 2 ** 20
+    except (ImportError, OSError):
+        return float("nan")
+
+
+class Stopwatch:
+    """``with Stopwatch() as sw: ...; sw.seconds`` (synchronises CUDA when given a device)."""
+
+    def __init__(self, device=None):
+        self.device = device
+        self.seconds = float("nan")
+
+    def _sync(self):
+        if self.device is not None and str(self.device).startswith("cuda"):
+            import torch
+            torch.cuda.synchronize()
+
+    def __enter__(self):
+        self._sync()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self._sync()
+        self.seconds = time.perf_counter() - self._t0
+
+
+def evaluate_predictions(predict: Callable[[Any], np.ndarray], examples: Iterable,
+                         threshold: float = 0.5) -> list[dict]:
+    """Per-image metrics (``core.metrics.binary_metrics``) of ``predict(example) -> prob``."""
+    from ..metrics import binary_metrics
+
+    rows = []
+    for ex in examples:
+        prob = np.asarray(predict(ex))
+        m = binary_metrics(prob >= threshold, np.asarray(ex.mask) > 0)
+        rows.append({"name": ex.name, **m})
+    return rows
+
+
+def summarize(rows: Sequence[dict], group: Sequence[str], metrics: Sequence[str]) -> list[dict]:
+    """Aggregate per-seed result rows (each with ``metrics`` = per-image means and
+    ``per_image``) into one row per ``group`` key: mean over seeds, ``_std`` over seeds (the
+    spread between subsets) and ``_std_images`` (per-image std pooled over seeds)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[g] for g in group), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        s = dict(zip(group, key))
+        s["n_seeds"] = len(rs)
+        s["seeds"] = [r.get("seed") for r in rs]
+        s["n_images"] = int(sum(len(r.get("per_image", [])) for r in rs))
+        for m in metrics:
+            per_seed = np.array([r["metrics"][m] for r in rs], dtype=np.float64)
+            pooled = np.array([p[m] for r in rs for p in r.get("per_image", [])],
+                              dtype=np.float64)
+            s[m] = float(per_seed.mean())
+            s[f"{m}_std"] = float(per_seed.std()) if len(per_seed) > 1 else 0.0
+            s[f"{m}_std_images"] = float(pooled.std()) if len(pooled) else float("nan")
+        for extra in ("train_seconds",):
+            vals = [r[extra] for r in rs if r.get(extra) is not None]
+            if vals:
+                s[extra] = float(np.mean(vals))
+        out.append(s)
+    return out
+
+
+def resolve_backbone(backbone, out_dir: Path, preset: str, in_channels: int = 3,
+                     seed: int = 0) -> tuple[str, dict]:
+    """The TextDiff backbone directory to use and a record of where it came from.
+
+    Order: ``backbone`` given -> the bundled one (``models/backbone``) -> a randomly
+    initialised backbone of ``preset`` saved under ``out_dir`` (results then measure an
+    untrained feature extractor; the record says so).
+    """
+    from ..defaults import models_dir
+
+    if backbone:
+        p = Path(backbone).expanduser()
+        if not p.is_dir():
+            raise FileNotFoundError(f"--backbone {backbone}: no such directory")
+        return str(p.resolve()), {"source": "given", "path": str(p.resolve())}
+    bundled = models_dir() / "backbone"
+    if (bundled / "config.json").is_file() or (bundled / "unet" / "config.json").is_file():
+        return str(bundled), {"source": "bundled", "path": str(bundled)}
+    from ..textdiff.features import random_backbone
+
+    dest = Path(out_dir) / f"random_backbone_{preset}_seed{seed}"
+    if not (dest / "config.json").is_file():
+        random_backbone(preset, in_channels=in_channels, seed=seed).save_pretrained(dest)
+    return str(dest), {"source": "random-init", "preset": preset, "seed": seed,
+                       "path": str(dest),
+                       "note": "no pretrained backbone bundled: features of an UNTRAINED "
+                               "diffusion UNet (a lower bound, not the paper's backbone)"}
+
+
+class FeatureMemo:
+    """Drop-in proxy for ``DiffusionFeatures`` that computes each input tile's features once.
+
+    Keys are hashes of the tile bytes; values are fp16 arrays kept in RAM up to ``ram_mb`` and
+    spilled to ``.npy`` files in a temporary folder beyond (deleted by :meth:`close`).
+    Features of one tile do not depend on the other tiles of its batch (GroupNorm, one fixed
+    noise), so memoised and fresh results agree up to float rounding.
+    """
+
+    def __init__(self, features, ram_mb: float = 2048, spill_dir=None):
+        self._f = features
+        self._ram: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+        self._ram_bytes = 0
+        self._ram_limit = float(ram_mb) * 2 ** 20
+        self._dir = Path(spill_dir) if spill_dir else None
+        self._own_dir = False
+        self._disk: dict[str, Path] = {}
+        self.hits = 0
+        self.misses = 0
+        self.compute_seconds = 0.0
+
+    def __getattr__(self, name):   # taps, strides, out_channels, in_channels, fingerprint...
+        return getattr(self._f, name)
+
+    def to(self, device):
+        self._f.to(device)
+        return self
+
+    @staticmethod
+    def _key(tile: np.ndarray) -> str:
+        a = np.ascontiguousarray(tile, dtype=np.float32)
+        return hashlib.sha1(a.tobytes() + str(a.shape).encode()).hexdigest()
+
+    def _get(self, key):
+        if key in self._ram:
+            self._ram.move_to_end(key)
+            return self._ram[key]
+        p = self._disk.get(key)
+        if p is not None:
+            with np.load(p) as z:
+                return [z[f"a{i}"] for i in range(len(z.files))]
+        return None
+
+    def _put(self, key, arrays: list[np.ndarray]) -> None:
+        nb = sum(a.nbytes for a in arrays)
+        if self._ram_bytes + nb <= self._ram_limit:
+            self._ram[key] = arrays
+            self._ram_bytes += nb
+            return
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="bench-features-"))
+            self._own_dir = True
+        p = self._dir / f"{key}.npz"
+        np.savez(p, **{f"a{i}": a for i, a in enumerate(arrays)})
+        self._disk[key] = p
+
+    def __call__(self, images, batch_size: int = 4):
+        import torch
+
+        images = np.asarray(images, dtype=np.float32)
+        keys = [self._key(t) for t in images]
+        found = [self._get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            t0 = time.perf_counter()
+            fresh = self._f(images[missing], batch_size=batch_size)
+            self.compute_seconds += time.perf_counter() - t0
+            for j, i in enumerate(missing):
+                arrs = [f[j].numpy().astype(np.float16) for f in fresh]
+                if keys[i] not in {keys[m] for m in missing[:j]}:
+                    self._put(keys[i], arrs)
+                found[i] = arrs
+        return [torch.from_numpy(np.stack([f[k] for f in found]).astype(np.float32))
+                for k in range(len(found[0]))]
+
+    def stats(self) -> dict:
+        return {"hits": self.hits, "misses": self.misses,
+                "compute_seconds": round(self.compute_seconds, 2),
+                "ram_mb": round(self._ram_bytes / 2 ** 20, 1), "disk_entries": len(self._disk)}
+
+    def close(self):
+        self._ram.clear()
+        self._ram_bytes = 0
+        if self._own_dir and self._dir is not None:
+            import shutil
+            shutil.rmtree(self._dir, ignore_errors=True)
+        self._disk.clear()
+
+
+def unit_event(done: int, total: int, message: str, t0: float) -> Progress:
+    """The benchmark-level progress event (one per finished run of a method)."""
+    return Progress("benchmark", step=done, total=total, message=message,
+                    elapsed=time.monotonic() - t0)
+
+
+def asdict(cfg) -> dict:
+    d = dataclasses.asdict(cfg)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
