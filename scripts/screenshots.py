@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_histology_model(path: Path, seconds: float = 20.0) -> Path:
+def tiny_histology_model(path: Path, seconds: float = 40.0) -> Path:
     """Train a small MGCC model's decoder on the histology sample + its mask for a few seconds."""
     import torch
 
@@ -35,7 +35,7 @@ def tiny_histology_model(path: Path, seconds: float = 20.0) -> Path:
     x = normalize_image(img, channels=3)
     ex = [Example(x[y:y + 256, c:c + 256], mask[y:y + 256, c:c + 256] > 0)
           for y in (0, 256) for c in (0, 256)]
-    m = MGCCModel.create(in_channels=3, width=0.125, size=128, inference="tile")
+    m = MGCCModel.create(in_channels=3, width=0.125, size=64, inference="tile")
     t0 = time.monotonic()
     for ev in m.finetune(ex, epochs=10_000, lr=3e-3, batch_size=4):
         if time.monotonic() - t0 > seconds:
@@ -53,7 +53,7 @@ def tiny_ldm(out: Path) -> Path:
 
     img = normalize_image(load_sample("ultrasound.png")[0][0], channels=1)
     crops = [img[y:y + 256, x:x + 256] for y in (0, 200, 320) for x in (0, 200, 420)]
-    cfg = LDMConfig(preset="tiny", channels=1, size=64, vae_steps=60, unet_steps=60,
+    cfg = LDMConfig(preset="tiny", channels=1, size=64, vae_steps=40, unet_steps=40,
                     vae_batch=4, unet_batch=8, checkpoint_every=10_000)
     return run(train_ldm(crops, out, cfg, device="cpu"))
 
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="segmentation model bundle for the histology shots")
     ap.add_argument("--ldm", help="latent diffusion folder for the synthetic shot")
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
-    ap.add_argument("--size", default="1500x920")
+    ap.add_argument("--size", default="1440x900")
     ap.add_argument("--skip-synthetic", action="store_true")
     args = ap.parse_args(argv)
 
@@ -107,6 +107,17 @@ def main(argv=None) -> int:
             QApplication.processEvents()
             time.sleep(0.02)
 
+    def shot(name):
+        """Close notification toasts, fit the image to the canvas, grab the whole window."""
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+        for toast in qt.findChildren(NapariQtNotification):
+            toast.close()
+        settle()
+        viewer.reset_view()
+        settle()
+        save_png(viewer.screenshot(canvas_only=False, flash=False), out / name)
+
     viewer.open_sample("napari-textdiff", "histology")
     panel, seg, ft = ImagePanel(viewer), SegmentWidget(viewer), FinetuneWidget(viewer)
     for wd in (panel, seg, ft):
@@ -118,11 +129,16 @@ def main(argv=None) -> int:
     viewer.layers.selection.active = img
     seg.set_model_file(model)
     seg.device.setCurrentText("cpu")
+    if note:
+        # the few-second demo model is uncalibrated: threshold at its own 65th percentile
+        from napari_textdiff.core.models import load_model
+        from napari_textdiff.widgets._layers import layer_to_model_input
+
+        prob = load_model(model, device="cpu").predict_proba(layer_to_model_input(img, 3))
+        seg.threshold.setValue(float(np.quantile(prob, 0.65)))
     seg.run()
     print("segment:", seg.status.text(), seg.last_error or "", flush=True)
-    viewer.reset_view()
-    settle()
-    save_png(viewer.screenshot(canvas_only=False, flash=False), out / "segment.png")
+    shot("segment.png")
 
     # fine-tune: the user's correction = the ground truth mask on the left half
     lab = viewer.layers["histology_sample_labels"]
@@ -132,21 +148,21 @@ def main(argv=None) -> int:
     idx = np.nonzero(half & (lab.data != gt))
     lab.data_setitem(idx, gt[idx].astype(lab.data.dtype))
     viewer.window.remove_dock_widget(d1)
-    viewer.window.add_dock_widget(ft, name="Fine-tune", area="right")
+    d3 = viewer.window.add_dock_widget(ft, name="Fine-tune", area="right")
     ft.refresh()
     ft.epochs.setValue(15)
     ft.lr.setValue(0.002)
     ft.resegment.setChecked(False)
     ft.start()
     print("fine-tune:", ft.status.text(), ft.last_error or "", flush=True)
-    settle()
-    save_png(viewer.screenshot(canvas_only=False, flash=False), out / "finetune.png")
+    shot("finetune.png")
 
     if not args.skip_synthetic:
         ldm = args.ldm or defaults.default_ldm_dir() or tiny_ldm(tmp / "ldm")
         for name in list(viewer.layers):
             viewer.layers.remove(name)
         viewer.window.remove_dock_widget(d2)
+        viewer.window.remove_dock_widget(d3)
         syn = SyntheticWidget(viewer)
         syn.synchronous = True
         viewer.window.add_dock_widget(syn, name="Synthetic preview", area="right")
@@ -157,9 +173,7 @@ def main(argv=None) -> int:
         syn.generate()
         print("synthetic:", syn.status.text(), syn.last_error or "", flush=True)
         syn.distances.setCurrentRow(2)
-        viewer.reset_view()
-        settle()
-        save_png(viewer.screenshot(canvas_only=False, flash=False), out / "synthetic.png")
+        shot("synthetic.png")
     viewer.close()
     return 0
 

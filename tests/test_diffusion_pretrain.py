@@ -71,10 +71,10 @@ def test_collect_paths_errors_and_exclude(tmp_path):
 
 def test_pretrain_lowers_loss_and_output_loads(tmp_path):
     events = []
-    out = run(pretrain_backbone(_images(), tmp_path / "bb", steps=24, lr=2e-3,
+    out = run(pretrain_backbone(_images(), tmp_path / "bb", steps=16, lr=2e-3,
                                 checkpoint_every=12, **TINY), callback=events.append)
     losses = [l for _, l in _losses(events)]
-    assert len(losses) == 24
+    assert len(losses) == 16
     assert np.mean(losses[-4:]) < 0.6 * np.mean(losses[:4])
     unet, sched = load_backbone(out)
     assert unet.config.in_channels == 3 and sched.config.num_train_timesteps == 1000
@@ -82,10 +82,10 @@ def test_pretrain_lowers_loss_and_output_loads(tmp_path):
         y = unet(torch.zeros(1, 3, 16, 16), 10).sample
     assert y.shape == (1, 3, 16, 16) and torch.isfinite(y).all()
     log = json.loads((out / "training_log.json").read_text())
-    assert [r["step"] for r in log] == list(range(1, 25))
+    assert [r["step"] for r in log] == list(range(1, 17))
     assert (out / "training_log.csv").read_text().startswith("step,loss")
     card = json.loads((out / "model_card.json").read_text())
-    assert card["step"] == 24 and card["weights"] == "EMA"
+    assert card["step"] == 16 and card["weights"] == "EMA"
     # the exported weights are the EMA weights, not the raw ones
     ck = torch.load(out / "checkpoint.pt", weights_only=False)
     raw = ck["model"]["conv_in.weight"]
@@ -134,3 +134,21 @@ def test_should_stop_keeps_a_loadable_model(tmp_path):
     unet, _ = load_backbone(out)
     assert unet.config.in_channels == 1
     assert json.loads((out / "model_card.json").read_text())["step"] == 3
+
+
+def test_cli_pretrain_backbone(tmp_path):
+    from PIL import Image
+
+    from napari_textdiff.cli import main
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i, a in enumerate(_images(n=2, c=1)):
+        Image.fromarray((a[..., 0] * 255).astype(np.uint8)).save(src / f"im{i}.png")
+    out = tmp_path / "bb"
+    assert main(["pretrain-backbone", str(src), "--out", str(out), "--preset", "tiny",
+                 "--channels", "1", "--steps", "2", "--crop-size", "16", "--batch-size", "2",
+                 "--log-every", "1", "--device", "cpu"]) == 0
+    unet, _ = load_backbone(out)
+    assert unet.config.in_channels == 1
+    assert main(["pretrain-backbone", str(tmp_path / "missing"), "--out", str(out)]) == 2

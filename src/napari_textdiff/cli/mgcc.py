@@ -150,10 +150,21 @@ def _train(args) -> int:
                                                                    width=args.width),
                      config=cfg, device=args.device, run_dir=run_dir, resume=args.resume,
                      meta=meta)
-    model = run(gen, callback=print_progress(every=10.0))
+    every = print_progress(every=10.0)
+
+    def show(ev):  # validation results always; training steps at most every 10 s
+        if ev.stage == "validate":
+            print(ev.describe(), file=sys.stderr, flush=True)
+        else:
+            every(ev)
+
+    model = run(gen, callback=show)
     model.save(out, dtype=torch.float16 if args.fp16 else None)
-    summary = {"out": str(out), "best_iteration": model.meta.get("best_iteration"),
-               "val_iou": model.meta.get("val_iou"),
-               "history": model.meta.get("history", [])[-3:]}
+    hist = model.meta.get("history", [])
+    best = next((h for h in hist if h.get("it") == model.meta.get("best_iteration")), None)
+    summary = {"out": str(out), "iterations": model.meta.get("iterations"),
+               "best_iteration": model.meta.get("best_iteration"),
+               "val_iou": model.meta.get("val_iou"), "best": best,
+               "last": hist[-1] if hist else None}
     print(json.dumps(summary, indent=2))
     return 0

@@ -34,12 +34,12 @@ class BackbonePreset:
 
 BACKBONE_PRESETS: dict[str, BackbonePreset] = {
     "tiny": BackbonePreset("tiny", (16, 32), (False, True), 32, 4, norm_num_groups=8,
-                           attention_head_dim=8, description="for tests: ~0.2 M params"),
+                           attention_head_dim=8, description="for tests: ~0.3 M params"),
     "small": BackbonePreset("small", (32, 64, 128, 128), (False, False, False, True), 64, 16,
-                            description="CPU-friendly default: ~4 M params, attention at 8² "
+                            description="CPU-friendly default: ~7 M params, attention at 8² "
                                         "for 64² crops"),
     "base": BackbonePreset("base", (64, 128, 128, 256, 256), (False, False, False, True, True),
-                           128, 64, description="~30 M params, attention at 16² and 8² for "
+                           128, 64, description="~33 M params, attention at 16² and 8² for "
                                                 "128² crops (GPU)"),
     "large": BackbonePreset("large", (128, 128, 256, 256, 512, 512),
                             (False, False, False, True, True, True), 256, 32,
