@@ -146,6 +146,22 @@ def _drive(gen, enabled: bool):
         bar.close()
 
 
+def _command(args) -> list[str]:
+    """The canonical command line of this run (every option that is set), for the JSON."""
+    argv = ["napari-textdiff", "benchmark", args.benchmark_command]
+    for key, val in vars(args).items():
+        if key in ("func", "command", "benchmark_command") or val is None or val is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if val is True:
+            argv.append(flag)
+        elif isinstance(val, (list, tuple)):
+            argv += [flag, ",".join(str(v) for v in val)]
+        else:
+            argv += [flag, str(val)]
+    return argv
+
+
 def _overrides(args, names: dict[str, str]) -> dict:
     return {key: getattr(args, attr) for attr, key in names.items()
             if getattr(args, attr, None) is not None}
@@ -173,7 +189,7 @@ def _monuseg(args) -> int:
         "head_preset": "head_preset", "size": "size", "feature_cache_mb": "feature_cache_mb",
         "device": "device"})
     cfg = MonusegConfig.quick(**over) if args.quick else MonusegConfig(**over)
-    res = _drive(run_monuseg(args.data, args.out, cfg, argv=sys.argv), not args.no_progress)
+    res = _drive(run_monuseg(args.data, args.out, cfg, argv=_command(args)), not args.no_progress)
     return _finish(res)
 
 
@@ -186,7 +202,7 @@ def _busi(args) -> int:
                              "width": "width", "size": "size", "max_images": "max_images",
                              "device": "device"})
     cfg = BusiConfig.quick(**over) if args.quick else BusiConfig(**over)
-    res = _drive(run_busi(args.data, args.out, cfg, argv=sys.argv), not args.no_progress)
+    res = _drive(run_busi(args.data, args.out, cfg, argv=_command(args)), not args.no_progress)
     return _finish(res)
 
 
@@ -202,7 +218,7 @@ def _xray(args) -> int:
     if args.k is not None:
         over["k"] = [x if x == "all" else int(x) for x in _strs(args.k)]
     cfg = XrayConfig.quick(**over) if args.quick else XrayConfig(**over)
-    res = _drive(run_xray(args.data, args.out, cfg, argv=sys.argv), not args.no_progress)
+    res = _drive(run_xray(args.data, args.out, cfg, argv=_command(args)), not args.no_progress)
     return _finish(res)
 
 
@@ -218,7 +234,7 @@ def _speed(args) -> int:
     if "seeds" in over:
         over["seed"] = over.pop("seeds")[0]
     cfg = SpeedConfig.quick(**over) if args.quick else SpeedConfig(**over)
-    res = _drive(run_speed(args.out, cfg, argv=sys.argv), not args.no_progress)
+    res = _drive(run_speed(args.out, cfg, argv=_command(args)), not args.no_progress)
     return _finish(res)
 
 

@@ -110,10 +110,13 @@ def crops_of(examples: Sequence[Example], size: int, overlap: int | None = None,
 
 def train_unet(examples: Sequence[Example], *, config: SupervisedConfig | None = None,
                net_config: UNetConfig | None = None, device="cpu", inference: str = "resize",
-               should_stop: Callable[[], bool] | None = None):
+               should_stop: Callable[[], bool] | None = None, val: Sequence[Example] = (),
+               val_every: int | None = None):
     """Progress generator: Adam on 0.5·BCE + Dice; returns ``(MGCCModel over the U-Net,
-    loss history)``. Images are resized to ``config.size``² (pass crops for tiled work)."""
+    loss history)``. Images are resized to ``config.size``² (pass crops for tiled work).
+    With ``val`` the weights with the best mean validation IoU are kept (as MGCC's trainer)."""
     from ..device import autocast, resolve_device
+    from ..mgcc.trainer import evaluate_model
 
     cfg = config or SupervisedConfig()
     if not examples:
@@ -131,6 +134,7 @@ def train_unet(examples: Sequence[Example], *, config: SupervisedConfig | None =
     bs = min(cfg.batch_size, len(X))
     losses: list[float] = []
     order, pos = rng.permutation(len(X)), 0
+    best: tuple[float, dict | None] = (-1.0, None)
     t0 = time.monotonic()
     try:
         for it in range(1, cfg.iterations + 1):
@@ -155,8 +159,19 @@ def train_unet(examples: Sequence[Example], *, config: SupervisedConfig | None =
             losses.append(float(loss.detach()))
             yield Progress("train", step=it, total=cfg.iterations, loss=losses[-1],
                            elapsed=time.monotonic() - t0)
+            if val and (it % (val_every or max(1, cfg.iterations // 5)) == 0
+                        or it == cfg.iterations):
+                net.eval()
+                score = float(evaluate_model(model, list(val))[0]["iou"])
+                if score > best[0]:
+                    best = (score, {k: v.detach().clone() for k, v in net.state_dict().items()})
+                yield Progress("validate", step=it, total=cfg.iterations,
+                               metrics={"val_iou": score}, elapsed=time.monotonic() - t0)
     finally:
         net.eval()
+        if best[1] is not None:
+            net.load_state_dict(best[1])
+            model.meta["val_iou"] = best[0]
     return model, losses
 
 
