@@ -173,3 +173,115 @@ def test_cli_help_does_not_import_torch():
             "import napari_textdiff.cli.benchmark; print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "False", r.stderr
+
+
+def make_busi(root: Path, per_class=5, size=48):
+    rng = np.random.default_rng(2)
+    for cls in ("benign", "malignant", "normal"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            img, mask = _blobs(rng, size, n=0 if cls == "normal" else 1, gray=True)
+            Image.fromarray(img).save(root / cls / f"{cls} ({i}).png")
+            Image.fromarray(mask).save(root / cls / f"{cls} ({i})_mask.png")
+    return root
+
+
+def test_busi_quick_with_synthetic_folder(tmp_path):
+    from napari_textdiff.cli import main
+
+    data = make_busi(tmp_path / "busi")
+    synth = tmp_path / "synth"
+    synth.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        Image.fromarray(_blobs(rng, 48, 1, gray=True)[0]).save(synth / f"sample_{i:05d}.png")
+    out = tmp_path / "out"
+    assert main(["benchmark", "busi", "--data", str(data), "--quick", "--out", str(out),
+                 "--size", "32", "--iterations", "3", "--synthetic", str(synth),
+                 "--seeds", "0,1", "--threads", "1", "--no-progress", "--device", "cpu"]) == 0
+    res = json.loads((out / "busi.json").read_text())
+    assert {(r["method"], r["seed"]) for r in res["rows"]} == \
+        {(m, s) for m in ("mgcc_50", "mgcc_50_synthetic", "unet_full") for s in (0, 1)}
+    d = res["data"]
+    assert d["n_cases"] == 15 and d["n_test"] == 6 and d["n_train"] + d["n_val"] + 6 == 15
+    for r in res["rows"]:
+        assert r["n_test"] == 6 and len(r["per_image"]) == 6
+        assert {p["class"] for p in r["per_image"]} == {"benign", "malignant", "normal"}
+        for k in ("iou", "recall", "precision", "f1"):
+            assert 0 <= r["metrics"][k] <= 1
+    rows = {(r["method"], r["seed"]): r for r in res["rows"]}
+    assert rows[("mgcc_50_synthetic", 0)]["n_unlabeled"] == \
+        rows[("mgcc_50", 0)]["n_unlabeled"] + 4
+    assert rows[("unet_full", 0)]["n_labeled"] > rows[("mgcc_50", 0)]["n_labeled"]
+    assert "no official split" in res["split_note"]
+    assert res["synthetic"] == {"source": "folder", "path": str(synth), "n": 4}
+    md = (out / "busi.md").read_text()
+    assert "68.06" in md and "69.69" in md and (out / "busi_iou.png").is_file()
+
+
+def make_xray(root: Path, n=6, size=48):
+    import csv
+
+    rng = np.random.default_rng(4)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows, meta = [], []
+    for i in range(n):
+        img, mask = _blobs(rng, size, 1, gray=True)
+        name = f"xr{i}.png"
+        Image.fromarray(img).save(root / "images" / name)
+        ys, xs = np.nonzero(mask)
+        top, left = int(ys.min()), int(xs.min())
+        crop = mask[top:ys.max() + 1, left:xs.max() + 1]
+        rgba = np.zeros((*crop.shape, 4), np.uint8)
+        rgba[..., 0] = crop
+        rgba[..., 3] = 255
+        Image.fromarray(rgba, "RGBA").save(root / "masks" / f"m{i}.png")
+        rows.append({"Filename": name,
+                     "Template Name": ("Consolidation", "Ground Glass Opacities")[i % 2],
+                     "Mask": f"masks/m{i}.png", "Resolution": f"{size}x{size}", "Top": top,
+                     "Left": left, "Width": crop.shape[1], "Height": crop.shape[0]})
+        meta.append({"filename": name, "finding": "COVID-19",
+                     "clinical_notes": "bilateral infection in the lower left lung"})
+    for fn, data in (("structure.csv", rows), ("metadata.csv", meta)):
+        with open(root / fn, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(data[0]))
+            w.writeheader()
+            w.writerows(data)
+    return root
+
+
+def test_xray_quick(tmp_path, tiny_bert):
+    from napari_textdiff.cli import main
+
+    data = make_xray(tmp_path / "xray")
+    out = tmp_path / "out"
+    assert main(["benchmark", "xray", "--data", str(data), "--quick", "--out", str(out),
+                 "--size", "32", "--k", "2,all", "--text-encoder", str(tiny_bert),
+                 "--epochs", "2", "--threads", "1", "--no-progress", "--device", "cpu"]) == 0
+    res = json.loads((out / "xray.json").read_text())
+    assert res["data"]["n_images"] == 6 and res["data"]["n_train"] == 4
+    got = {(r["method"], r["k"]) for r in res["rows"]}
+    assert got == {(m, k) for m in ("textdiff_notes", "textdiff_no_notes") for k in (2, 4)}
+    for r in res["rows"]:
+        assert len(r["per_image"]) == 2 and len(r["train_images"]) == r["k"]
+        assert set(r["train_images"]).isdisjoint(res["data"]["test_images"])
+    assert (out / "xray_dice_vs_k.png").is_file()
+
+
+def test_speed_quick(tmp_path, tiny_bert):
+    from napari_textdiff.cli import main
+
+    out = tmp_path / "out"
+    assert main(["benchmark", "speed", "--quick", "--out", str(out), "--text-encoder",
+                 str(tiny_bert), "--threads", "1", "--no-progress", "--device", "cpu"]) == 0
+    res = json.loads((out / "speed.json").read_text())
+    ms = res["measures"]
+    tile = [k for k in ms if k.startswith("TextDiff total per 256²")]
+    assert tile and ms[tile[0]]["value"] > 0
+    assert any(k.startswith("MGCC width 0.25 per 256²") for k in ms)
+    assert any(k.startswith("LDM sampling per image") for k in ms)
+    assert any(k.startswith("TextDiff fine-tune on 5 images") for k in ms)
+    assert ms["peak memory (process peak RSS)"]["value"] > 0
+    assert res["ldm"]["source"] in ("untrained", "bundled") and res["run"]["torch"]
+    assert (out / "speed.md").is_file() and (out / "speed_latency.png").is_file()

@@ -28,7 +28,10 @@ LABELS = {
     "unet_full": "U-Net, fully supervised",
     "textdiff_notes": "TextDiff with clinical notes", "textdiff_no_notes": "TextDiff without notes",
 }
-PROTOCOL_LABELS = {"paper": "whole image → 256² (paper)", "tiles": "native resolution, tiles"}
+PROTOCOL_LABELS = {"paper": "whole image → {size}² (paper)",
+                   "tiles": "native resolution, {size}² tiles"}
+METRIC_LABELS = {"dice": "Dice", "iou": "IoU", "precision": "Precision", "recall": "Recall",
+                 "f1": "F1"}
 
 #: published numbers (percent) the measured ones sit next to
 PAPER = {
@@ -108,17 +111,19 @@ def _summary_table(res: dict, keys: list[str], settings: list[str]) -> list[str]
     paper = PAPER.get(res["benchmark"], {})
     prow = paper.get("rows", {})
     show_paper = any(prow.values())
+    size = res.get("run", {}).get("config", {}).get("size", 256)
     head = ["Method", *[s.capitalize() if s != "k" else "K" for s in settings],
-            *[f"{k.upper() if k == 'f1' else k.capitalize()} % (mean ± std over seeds)"
-              for k in keys], "seeds × images"]
+            *[f"{METRIC_LABELS.get(k, k)} % (mean ± std over seeds)" for k in keys],
+            "seeds × images"]
     if show_paper:
-        head.append("paper " + "/".join(k.capitalize() for k in keys))
+        head.append("paper " + "/".join(METRIC_LABELS.get(k, k) for k in keys))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in res["summary"]:
         cells = [_label(s["method"])]
         for st in settings:
             v = s.get(st)
-            cells.append(PROTOCOL_LABELS.get(v, str(v)) if st == "protocol" else str(v))
+            cells.append(PROTOCOL_LABELS.get(v, str(v)).format(size=size) if st == "protocol"
+                         else str(v))
         cells += [_pct(s.get(k), s.get(f"{k}_std")) for k in keys]
         cells.append(f"{s['n_seeds']} × {s['n_images'] // max(1, s['n_seeds'])}")
         if show_paper:
@@ -167,6 +172,15 @@ def markdown(res: dict, heading_level: int = 2) -> str:
     settings = {"monuseg": ["protocol", "k"], "busi": [], "xray": ["k"]}[b]
     lines += _summary_table(res, keys, settings)
     paper = PAPER.get(b, {})
+    if paper.get("rows"):
+        setting = ", ".join(f"{k.upper() if k == 'k' else k} = {paper[k]}"
+                            for k in ("protocol", "k") if k in paper)
+        lines += ["", f"Published numbers ({paper['source']}{'; ' + setting if setting else ''}):",
+                  "", "| Method | " + " | ".join(METRIC_LABELS.get(k, k) + " %" for k in keys)
+                  + " |", "|---|" + "---|" * len(keys)]
+        for m, vals in paper["rows"].items():
+            lines.append(f"| {_label(m)} | " + " | ".join(
+                f"{vals[k]:.2f}" if k in vals else "–" for k in keys) + " |")
     lines += ["", f"Per-image metrics (empty prediction on empty mask = 1), averaged per seed; "
                   f"± is the std over seeds (subsets). Paper numbers: {paper.get('source', '')}."]
     if paper.get("reference"):
@@ -200,7 +214,8 @@ def plot_metric_vs_k(res: dict, metric: str, path) -> Path | None:
             ax.errorbar(k, 100 * v, yerr=100 * e, marker="o", capsize=3, label=_label(m))
         ax.set_xlabel("K (training images)")
         ax.set_ylabel(f"{metric} %")
-        ax.set_title(PROTOCOL_LABELS.get(proto, proto) or res["benchmark"])
+        size = res.get("run", {}).get("config", {}).get("size", 256)
+        ax.set_title(PROTOCOL_LABELS.get(proto, proto).format(size=size) or res["benchmark"])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
