@@ -62,6 +62,7 @@ def monuseg_run(tmp_path_factory, tiny_bert):
     out = tmp / "out"
     rc = main(["benchmark", "monuseg", "--data", str(data), "--test-split", "Val_Folder",
                "--quick", "--out", str(out), "--size", "32", "--tile-overlap", "8",
+               "--backbone-preset", "tiny",
                "--text-encoder", str(tiny_bert), "--k", "2", "--seeds", "0,1",
                "--epochs", "2", "--unet-iterations", "6", "--mgcc-iterations", "3",
                "--threads", "1", "--no-progress", "--device", "cpu"])
@@ -258,6 +259,7 @@ def test_xray_quick(tmp_path, tiny_bert):
     out = tmp_path / "out"
     assert main(["benchmark", "xray", "--data", str(data), "--quick", "--out", str(out),
                  "--size", "32", "--k", "2,all", "--text-encoder", str(tiny_bert),
+                 "--backbone-preset", "tiny",
                  "--epochs", "2", "--threads", "1", "--no-progress", "--device", "cpu"]) == 0
     res = json.loads((out / "xray.json").read_text())
     assert res["data"]["n_images"] == 6 and res["data"]["n_train"] == 4
@@ -274,14 +276,30 @@ def test_speed_quick(tmp_path, tiny_bert):
 
     out = tmp_path / "out"
     assert main(["benchmark", "speed", "--quick", "--out", str(out), "--text-encoder",
-                 str(tiny_bert), "--threads", "1", "--no-progress", "--device", "cpu"]) == 0
+                 str(tiny_bert), "--backbone-preset", "tiny", "--tile", "64", "--threads", "1",
+                 "--no-progress", "--device", "cpu"]) == 0
     res = json.loads((out / "speed.json").read_text())
     ms = res["measures"]
-    tile = [k for k in ms if k.startswith("TextDiff total per 256²")]
+    tile = [k for k in ms if k.startswith("TextDiff total per 64²")]
     assert tile and ms[tile[0]]["value"] > 0
-    assert any(k.startswith("MGCC width 0.25 per 256²") for k in ms)
+    assert any(k.startswith("MGCC width 0.25 per 64²") for k in ms)
     assert any(k.startswith("LDM sampling per image") for k in ms)
     assert any(k.startswith("TextDiff fine-tune on 5 images") for k in ms)
     assert ms["peak memory (process peak RSS)"]["value"] > 0
     assert res["ldm"]["source"] in ("untrained", "bundled") and res["run"]["torch"]
     assert (out / "speed.md").is_file() and (out / "speed_latency.png").is_file()
+
+
+def test_busi_samples_synthetic_images_from_an_ldm(tmp_path):
+    from napari_textdiff.core.benchmark.busi import BusiConfig, run_busi
+    from napari_textdiff.core.benchmark.speed import _untrained_ldm
+    from napari_textdiff.core.progress import run
+
+    ldm = _untrained_ldm("tiny", tmp_path / "ldm", 0, "cpu")
+    data = make_busi(tmp_path / "busi", per_class=3)
+    cfg = BusiConfig.quick(methods=["mgcc_50_synthetic"], iterations=2, size=32, ldm=str(ldm),
+                           n_synthetic=3, ldm_steps=2, device="cpu")
+    res = run(run_busi(data, tmp_path / "out", cfg, argv=["test"], write=False))
+    assert res["synthetic"]["source"] == "ldm" and res["synthetic"]["n"] == 3
+    r = res["rows"][0]
+    assert r["method"] == "mgcc_50_synthetic" and r["n_unlabeled"] >= 3

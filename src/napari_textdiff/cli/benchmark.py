@@ -37,7 +37,8 @@ def _textdiff_opts(p) -> None:
                    help="TextDiff diffusion backbone directory (default: the bundled one, else "
                         "a random-init backbone of --backbone-preset, recorded as such)")
     p.add_argument("--backbone-preset", default=None,
-                   help="preset of the random-init backbone (default small; tiny with --quick)")
+                   help="preset of the random-init backbone (default small; tiny is for tests: "
+                        "it has attention at half resolution, slow at 256²)")
     p.add_argument("--text-encoder", default=None,
                    help="BERT-family directory (default: offline all-MiniLM-L6-v2)")
     p.add_argument("--head-preset", default=None, choices=["cpu", "paper"])
@@ -102,6 +103,7 @@ def register(sub) -> None:
                                                "else an untrained one of --ldm-preset)")
     s.add_argument("--ldm-preset", default=None)
     s.add_argument("--repeats", type=int, default=None)
+    s.add_argument("--tile", type=int, default=None, help="tile side (default 256)")
     _common(s, "benchmark_results")
     s.set_defaults(func=_speed)
 
@@ -229,7 +231,7 @@ def _speed(args) -> int:
     over = _overrides(args, {"seeds": "seeds", "backbone": "backbone",
                              "backbone_preset": "backbone_preset",
                              "text_encoder": "text_encoder", "ldm": "ldm",
-                             "ldm_preset": "ldm_preset", "repeats": "repeats",
+                             "ldm_preset": "ldm_preset", "repeats": "repeats", "tile": "tile",
                              "device": "device"})
     if "seeds" in over:
         over["seed"] = over.pop("seeds")[0]

@@ -12,10 +12,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["BundleError", "save_bundle", "load_bundle", "read_bundle_header", "FORMAT_VERSION",
-           "state_fingerprint", "atomic_write_bytes"]
+           "state_fingerprint", "atomic_write", "atomic_write_bytes"]
 
 FORMAT_VERSION = 1
 _KEY = "napari_textdiff"
@@ -25,29 +25,43 @@ class BundleError(ValueError):
     """A model file that is missing, corrupt, of another kind, or made for another backbone."""
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, then ``os.replace`` it into place.
+
+    The one way every file of ours is written (models, masks, checkpoints, logs): a crash or a
+    Stop mid-write leaves the previous file intact and no stray temp file. The result gets the
+    usual permissions (``0666 & ~umask``), not ``mkstemp``'s private 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
+                               dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
 
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
+    return atomic_write(path, write)
 
 
 def save_bundle(path, kind: str, state_dict: dict, config: dict, meta: dict | None = None,

@@ -22,12 +22,12 @@ as in the chest X-ray data); instance masks are ``int32`` labels, 0 = background
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from .bundle import atomic_write
 
 __all__ = [
     "ImageReadError", "IMAGE_SUFFIXES", "MASK_SUFFIXES", "read_image", "normalize_image",
@@ -431,23 +431,6 @@ def check_same_shape(image, mask, image_path=None, mask_path=None) -> None:
 
 
 # ------------------------------------------------------------------------------------ writing
-def _atomic_write(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
 def write_mask(path, mask) -> Path:
     """Write a binary or label mask as TIFF (``.tif/.tiff``) or PNG (``.png``), atomically.
 
@@ -474,16 +457,16 @@ def write_mask(path, mask) -> Path:
             if out.size and out.max() > np.iinfo(np.int32).max:
                 raise ValueError(f"{path.name}: label ids above int32")
             out = out.astype(np.int32)
-        return _atomic_write(path, lambda t: tifffile.imwrite(t, out, compression="zlib"))
+        return atomic_write(path, lambda t: tifffile.imwrite(t, out, compression="zlib"))
     if suffix == ".png":
         from PIL import Image
         if out.dtype != np.uint8:
             if out.size and out.max() > 65535:
                 raise ValueError(f"{path.name}: label ids above 65535 do not fit a PNG; use .tif")
             out = out.astype(np.uint16) if (out.size and out.max() > 255) else out.astype(np.uint8)
-        return _atomic_write(path, lambda t: Image.fromarray(out).save(t, format="PNG"))
+        return atomic_write(path, lambda t: Image.fromarray(out).save(t, format="PNG"))
     if suffix == ".npy":
-        return _atomic_write(path, lambda t: np.save(t, np.asarray(mask)))
+        return atomic_write(path, lambda t: np.save(t, np.asarray(mask)))
     raise ValueError(f"{path.name}: masks are written as .tif, .tiff or .png, not {suffix!r}")
 
 
@@ -503,9 +486,9 @@ def write_image(path, arr) -> Path:
     if suffix in TIFF_SUFFIXES:
         import tifffile
         kw = {"photometric": "rgb"} if a.ndim == 3 else {}
-        return _atomic_write(path, lambda t: tifffile.imwrite(t, a, compression="zlib", **kw))
+        return atomic_write(path, lambda t: tifffile.imwrite(t, a, compression="zlib", **kw))
     if suffix == ".npy":
-        return _atomic_write(path, lambda t: np.save(t, a))
+        return atomic_write(path, lambda t: np.save(t, a))
     if suffix not in PIL_SUFFIXES:
         raise ValueError(f"{path.name}: unsupported image format {suffix!r}")
     from PIL import Image
@@ -521,4 +504,4 @@ def write_image(path, arr) -> Path:
     if suffix in (".jpg", ".jpeg") and a.ndim == 3 and a.shape[-1] == 4:
         a = a[..., :3]
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(suffix, suffix[1:].upper())
-    return _atomic_write(path, lambda t: Image.fromarray(a).save(t, format=fmt))
+    return atomic_write(path, lambda t: Image.fromarray(a).save(t, format=fmt))

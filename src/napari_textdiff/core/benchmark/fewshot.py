@@ -9,6 +9,7 @@ No model selection on the test images: every method trains for a fixed budget.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -40,7 +41,8 @@ class MonusegConfig:
     max_train_tiles: int = 8        # tiles protocol: training tiles per image (TextDiff)
     max_test_images: int | None = None
     head_preset: str = "cpu"
-    epochs: int = 30                # TextDiff head epochs
+    epochs: int = 50                # TextDiff head epochs (the paper's 50)...
+    min_head_steps: int = 200       # ...but at least this many steps when K is small
     unet_iterations: int = 300
     mgcc_iterations: int = 300
     unet_width: float = 0.25
@@ -69,8 +71,9 @@ class MonusegConfig:
     @classmethod
     def quick(cls, **kw) -> "MonusegConfig":
         """CI size: minutes on a CPU (tiny random backbone unless one is given)."""
-        base = dict(k=[1, 2], seeds=[0, 1], epochs=3, unet_iterations=10, mgcc_iterations=10,
-                    max_train_tiles=2, max_test_images=2, backbone_preset="tiny",
+        base = dict(k=[1, 2], seeds=[0, 1], epochs=3, min_head_steps=0, unet_iterations=10,
+                    mgcc_iterations=10,
+                    max_train_tiles=2, max_test_images=2,
                     mgcc_width=0.125, unet_width=0.125)
         return cls(**{**base, **kw})
 
@@ -115,6 +118,14 @@ class TextDiffVariants:
         self.memo.close()
 
 
+def _n_tiles(image, cfg) -> int:
+    from ..tiling import tile_starts
+
+    h, w = image.shape[:2]
+    return len(tile_starts(h, cfg.size, cfg.tile_overlap)) * \
+        len(tile_starts(w, cfg.size, cfg.tile_overlap))
+
+
 def _curve(values: Sequence[float], unit: str, max_points: int = 200) -> dict:
     v = np.asarray(values, dtype=np.float64)
     x = np.arange(1, len(v) + 1)
@@ -138,7 +149,13 @@ def fit_and_evaluate(method: str, protocol: str, train, test, cfg, variants, see
     t0 = time.monotonic()
     info: dict = {}
     if method in TEXTDIFF_MODES:
-        over = dict(epochs=cfg.epochs, seed=seed)
+        # small K: at least ``min_head_steps`` optimiser steps (K=1 would get only `epochs`)
+        from ..textdiff.config import TextDiffConfig
+        bs = TextDiffConfig.preset(cfg.head_preset).batch_size
+        n_tiles = len(train) * (min(cfg.max_train_tiles, _n_tiles(train[0].image, cfg))
+                                if tiles else 1)
+        epochs = max(cfg.epochs, math.ceil(cfg.min_head_steps / math.ceil(n_tiles / bs)))
+        over = dict(epochs=epochs, seed=seed)
         if tiles:
             over.update(working_size=cfg.size, resize_to=None, scale=1.0,
                         tile_overlap=cfg.tile_overlap)
@@ -148,7 +165,8 @@ def fit_and_evaluate(method: str, protocol: str, train, test, cfg, variants, see
         hist = yield from model.fit(train, None, should_stop=should_stop,
                                     max_tiles_per_image=cfg.max_train_tiles if tiles else None)
         curve = _curve(hist["loss"], "epoch")
-        info = {"head_parameters": model.num_parameters, "tiles": hist.get("tiles")}
+        info = {"head_parameters": model.num_parameters, "tiles": hist.get("tiles"),
+                "epochs": epochs}
 
         def predict(ex):
             return model.predict_proba(ex.image, ex.text, tiled=tiles)

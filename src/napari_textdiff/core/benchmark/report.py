@@ -165,7 +165,9 @@ def markdown(res: dict, heading_level: int = 2) -> str:
     if b == "speed":
         lines += ["| measure | value |", "|---|---|"]
         for name, val in res["measures"].items():
-            lines.append(f"| {name} | {val['value']:.4g} {val['unit']} |")
+            v = val["value"]
+            txt = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+            lines.append(f"| {name} | {txt} {val['unit']} |")
         lines.append("")
         return "\n".join(lines)
     keys = res["metrics"]

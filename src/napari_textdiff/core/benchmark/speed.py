@@ -42,7 +42,7 @@ class SpeedConfig:
 
     @classmethod
     def quick(cls, **kw) -> "SpeedConfig":
-        base = dict(repeats=2, backbone_preset="tiny", mgcc_widths=[0.25], unet_width=0.125,
+        base = dict(repeats=2, mgcc_widths=[0.25], unet_width=0.125,
                     finetune_epochs=1, ldm_preset="tiny", ldm_steps=5)
         return cls(**{**base, **kw})
 

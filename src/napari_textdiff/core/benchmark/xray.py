@@ -10,6 +10,7 @@ seed then only changes the head's initialisation and order). Whole images resize
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,7 +36,8 @@ class XrayConfig:
     size: int = 256
     max_side: int = 1024
     head_preset: str = "cpu"
-    epochs: int = 30
+    epochs: int = 50
+    min_head_steps: int = 200          # at least this many head steps when K is small
     backbone: str | None = None
     backbone_preset: str = "small"
     text_encoder: str | None = None
@@ -52,7 +54,7 @@ class XrayConfig:
 
     @classmethod
     def quick(cls, **kw) -> "XrayConfig":
-        base = dict(k=[2, "all"], seeds=[0], epochs=3, backbone_preset="tiny", max_side=512)
+        base = dict(k=[2, "all"], seeds=[0], epochs=3, min_head_steps=0, max_side=512)
         return cls(**{**base, **kw})
 
 
@@ -76,6 +78,7 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
     from ..device import resolve_device
     from ..metrics import mean_metrics
     from .common import seed_everything
+    from ..textdiff.config import TextDiffConfig
     from .fewshot import TextDiffVariants, _curve
 
     cfg = config or XrayConfig()
@@ -110,7 +113,9 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
             train = [load(s) for s in subset]
             seed_everything(seed)
             t1 = time.monotonic()
-            model = variants.create(XRAY_METHODS[method], cfg.head_preset, epochs=cfg.epochs,
+            bs = max(1, TextDiffConfig.preset(cfg.head_preset).batch_size)
+            epochs = max(cfg.epochs, math.ceil(cfg.min_head_steps / math.ceil(len(train) / bs)))
+            model = variants.create(XRAY_METHODS[method], cfg.head_preset, epochs=epochs,
                                     seed=seed, resize_to=cfg.size)
             hist = yield from model.fit(train, None, should_stop=should_stop)
             train_seconds = time.monotonic() - t1
@@ -119,6 +124,7 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
             rows.append({"method": method, "k": k, "k_label": str(k_label), "seed": seed,
                          "train_images": [e.name for e in train], "metrics": metrics,
                          "per_image": per, "train_seconds": round(train_seconds, 2),
+                         "epochs": epochs,
                          "curve": _curve(hist["loss"], "epoch")})
             yield unit_event(i + 1, len(units),
                              f"{method} K={k} seed={seed}: dice {metrics['dice']:.3f}", t0)

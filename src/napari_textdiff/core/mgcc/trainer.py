@@ -77,6 +77,9 @@ def atomic_torch_save(obj, path) -> Path:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600 files; use the usual mode
         os.replace(tmp, path)
     except BaseException:
         try:
