@@ -66,7 +66,7 @@ def register(sub) -> None:
     m.add_argument("--unet-iterations", type=int, default=None)
     m.add_argument("--mgcc-iterations", type=int, default=None)
     m.add_argument("--max-train-tiles", type=int, default=None,
-                   help="tiles protocol: TextDiff training tiles per image (default 8)")
+                   help="tiles protocol: TextDiff training tiles per image (default 4)")
     m.add_argument("--max-test-images", type=int, default=None)
     m.add_argument("--tile-overlap", type=int, default=None)
     _textdiff_opts(m)

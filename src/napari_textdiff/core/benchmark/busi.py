@@ -33,9 +33,9 @@ class BusiConfig:
     split_seed: int = 0
     val_fraction: float = 0.1
     labeled_fraction: float = 0.5
-    iterations: int = 500
+    iterations: int = 400              # CPU-sized (the paper: 20 000 at batch 8 on a GPU)
     size: int = 256
-    width: float = 0.25                # MGCC-light / U-Net width (1.0 = published 52 M MGCC)
+    width: float = 0.125               # MGCC-light / U-Net width (1.0 = published 52 M MGCC)
     batch_labeled: int = 4
     batch_unlabeled: int = 4
     unet_lr: float = 1e-3
