@@ -2,8 +2,24 @@
 torch at import time, so the core tests stay fast and GUI-free."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests use tiny models: one torch thread is faster than two contended ones on a 2-core CI
+    machine. Only applies where the test module already imported torch (GUI tests must not)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)

@@ -14,14 +14,6 @@ from napari_textdiff.core.diffusion.guided_import import (  # noqa: E402
 from napari_textdiff.core.diffusion.presets import guided_output_block_to_tap  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _reference(updown=True, new_order=False, num_classes=None):
     """The 256x256_diffusion_uncond family at toy size: same flags, 32 px, 32 base channels."""
     torch.manual_seed(0)

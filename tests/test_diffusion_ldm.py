@@ -10,14 +10,6 @@ from napari_textdiff.core.diffusion.synthesize import TrainingIndex, load_ldm, s
 from napari_textdiff.core.progress import run
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _images(c, n=6, seed=0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:40, 0:36] / 36.0

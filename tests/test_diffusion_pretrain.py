@@ -22,15 +22,6 @@ def _images(n=3, c=3, seed=0):
     return out
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the test machine's 2 cores are shared: one thread avoids oversubscription stalls
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = dict(preset="tiny", crop_size=16, batch_size=4, warmup_steps=0, log_every=1,
             device="cpu")
 

@@ -11,14 +11,6 @@ from napari_textdiff.core.bundle import read_bundle_header
 from napari_textdiff.core.models import load_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _busi(root, n_benign=6, n_normal=2):
     rng = np.random.default_rng(0)
     for cls, n in (("benign", n_benign), ("normal", n_normal)):

@@ -8,15 +8,6 @@ from napari_textdiff.core.models import Example, SegmentationModel, load_model
 from napari_textdiff.core.mgcc.model import MGCCModel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convs on a shared 2-core machine: one thread is ~10x faster than two contended."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(channels=1, size=32):
     torch.manual_seed(0)
     return MGCCModel.create(in_channels=channels, width=0.0625, size=size)

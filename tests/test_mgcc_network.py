@@ -7,15 +7,6 @@ from napari_textdiff.core.mgcc.network import MGCCConfig, MGCCNet, count_paramet
 from napari_textdiff.core.mgcc.perturbations import Dropout, FeatureDropout, FeatureNoise
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convs on a shared 2-core machine: one thread is ~10x faster than two contended."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_published_parameter_counts():
     # constructing the full-width model is cheap (no activations); only count
     infer = MGCCNet(MGCCConfig(in_channels=3, aux=False))

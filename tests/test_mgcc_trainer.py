@@ -12,15 +12,6 @@ from napari_textdiff.core.progress import run
 NET = MGCCConfig(in_channels=1, width=0.0625)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convs on a shared 2-core machine: one thread is ~10x faster than two contended."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _case(seed, h=40, w=48):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:h, :w]

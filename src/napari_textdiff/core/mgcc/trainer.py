@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Generator, Sequence
@@ -25,6 +23,7 @@ from typing import Callable, Generator, Sequence
 import numpy as np
 import torch
 
+from ..bundle import atomic_write
 from ..models import Example
 from ..progress import Progress
 from .losses import consistency_loss, supervised_loss
@@ -70,24 +69,8 @@ class TrainConfig:
 
 
 def atomic_torch_save(obj, path) -> Path:
-    """``torch.save`` to a temp file in the same folder, then ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600 files; use the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    """``torch.save`` through :func:`core.bundle.atomic_write` (never half-written)."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def evaluate_model(model: MGCCModel, examples: Sequence[Example], threshold: float | None = None,

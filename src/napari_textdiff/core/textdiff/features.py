@@ -117,19 +117,14 @@ def _layer_name(unet, k: int, j: int) -> str:
 
 
 def paper_block_tap(unet, index: int) -> str:
-    """Map guided-diffusion ``output_blocks[index]`` to a diffusers module name.
+    """Map guided-diffusion ``output_blocks[index]`` to a diffusers module name of ``unet``
+    (the one mapping, shared with the guided-diffusion importer)."""
+    from napari_textdiff.core.diffusion.presets import guided_output_block_to_tap
 
-    output_blocks[i] = level i // (L+1), layer i % (L+1) (resnet [+ attention]); the last layer
-    of each level also holds the upsampler, whose output is what the hook saw.
-    """
-    per = len(unet.up_blocks[0].resnets)
-    k, j = divmod(int(index), per)
-    if k >= len(unet.up_blocks):
-        raise ValueError(f"block:{index}: this UNet has only {len(unet.up_blocks) * per} "
-                         "decoder blocks")
-    if j == per - 1 and getattr(unet.up_blocks[k], "upsamplers", None):
-        return f"up_blocks.{k}.upsamplers.0"
-    return _layer_name(unet, k, j)
+    try:
+        return guided_output_block_to_tap(int(index), unet.config)
+    except ValueError as e:
+        raise ValueError(f"block:{index}: {e}") from None
 
 
 def to_model_channels(images, channels: int):
