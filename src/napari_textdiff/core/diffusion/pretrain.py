@@ -35,6 +35,8 @@ from typing import Callable, Generator
 from napari_textdiff.core.bundle import atomic_write_bytes
 from napari_textdiff.core.progress import Progress
 
+from .backbone import load_backbone  # noqa: F401  (re-exported)
+
 from .presets import BackbonePreset, backbone_preset, unet_config
 
 __all__ = ["PretrainConfig", "pretrain_backbone", "load_backbone", "CHECKPOINT_NAME",
@@ -111,19 +113,6 @@ def _write_log(out: Path, log: list[dict]) -> None:
     w.writeheader()
     w.writerows(log)
     atomic_write_bytes(out / "training_log.csv", buf.getvalue().encode())
-
-
-def load_backbone(path, device="cpu"):
-    """Load a pretrained backbone directory: ``(UNet2DModel, DDPMScheduler)``."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a backbone directory (no config.json; was "
-                                "pretraining stopped before its first checkpoint?)")
-    unet = UNet2DModel.from_pretrained(path).to(device).eval()
-    sched = DDPMScheduler.from_pretrained(path)
-    return unet, sched
 
 
 def pretrain_backbone(images, out_dir, config: PretrainConfig | None = None, device="auto",

@@ -12,8 +12,6 @@ diffusers pipeline folder (``DIR/unet`` + ``DIR/scheduler``) is accepted too.
 """
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +19,9 @@ import numpy as np
 
 __all__ = ["DiffusionFeatures", "load_backbone", "default_taps", "paper_block_tap",
            "random_backbone", "to_model_channels"]
+
+
+from ..diffusion.backbone import load_backbone  # noqa: E402  (re-exported)
 
 
 def random_backbone(preset: str = "small", in_channels: int = 3, sample_size: int = 256,
@@ -35,50 +36,6 @@ def random_backbone(preset: str = "small", in_channels: int = 3, sample_size: in
     torch.manual_seed(seed)
     return UNet2DModel(**unet_config(preset, channels=in_channels,
                                      sample_size=sample_size)).eval()
-
-
-def load_backbone(ref: str | os.PathLike):
-    """Load ``(unet, scheduler)`` from a local directory (or a hub id when online).
-
-    Errors name the path and what is missing instead of a deep diffusers traceback.
-    """
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    ref = str(ref)
-    p = Path(ref).expanduser()
-    if p.is_dir():
-        unet_dir, sched_dir = p, p
-        if not (p / "config.json").is_file() and (p / "unet" / "config.json").is_file():
-            unet_dir, sched_dir = p / "unet", p / "scheduler"
-        if not (unet_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{p}: not a diffusion backbone directory (no config.json; "
-                                    "expected UNet2DModel.save_pretrained layout)")
-        try:
-            unet = UNet2DModel.from_pretrained(str(unet_dir))
-        except Exception as e:
-            raise ValueError(f"{unet_dir}: cannot load a UNet2DModel ({e})") from e
-        if (sched_dir / "scheduler_config.json").is_file():
-            sched = DDPMScheduler.from_pretrained(str(sched_dir))
-        else:
-            sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-        return unet.eval(), sched
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
-        try:
-            unet = UNet2DModel.from_pretrained(ref)
-        except Exception:
-            unet = None
-        if unet is None:
-            try:
-                unet = UNet2DModel.from_pretrained(ref, subfolder="unet")
-            except Exception as e:
-                raise FileNotFoundError(f"backbone {ref!r}: not a local directory and could not "
-                                        f"be fetched from the hub ({e})") from e
-        try:
-            sched = DDPMScheduler.from_pretrained(ref, subfolder="scheduler")
-        except Exception:
-            sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-        return unet.eval(), sched
-    raise FileNotFoundError(f"backbone {ref!r}: no such directory")
 
 
 def _level_stride(unet, k: int) -> int:
