@@ -57,6 +57,7 @@ class TrainingIndex:
 
 def load_ldm(ldm_dir, device="cpu"):
     """``(vae, unet, ddpm_scheduler, meta)`` from a :func:`train_ldm` directory."""
+    import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 
     d = Path(ldm_dir)
@@ -67,8 +68,9 @@ def load_ldm(ldm_dir, device="cpu"):
     if not (d / "unet" / "config.json").is_file() or meta.get("scaling_factor") is None:
         raise FileNotFoundError(f"{d}: has no latent UNet yet (training stopped during the "
                                 "autoencoder stage); run train-ldm again to finish it")
-    vae = AutoencoderKL.from_pretrained(d / "vae").to(device).eval()
-    unet = UNet2DModel.from_pretrained(d / "unet").to(device).eval()
+    # weights may be shipped fp16 (small bundles): compute in float32
+    vae = AutoencoderKL.from_pretrained(d / "vae", torch_dtype=torch.float32).to(device).eval()
+    unet = UNet2DModel.from_pretrained(d / "unet", torch_dtype=torch.float32).to(device).eval()
     sched = DDPMScheduler.from_pretrained(d / "scheduler")
     return vae, unet, sched, meta
 

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Trains the bundled default models into src/napari_textdiff/models/ from ../shared/data.
+# Usage: scripts/train_defaults.sh STAGE...   (stages: backbone export histology xray ultrasound ldm cards)
+# Sizes scale with env vars so the same script serves a CPU (defaults below) and a GPU
+# (e.g. BACKBONE_STEPS=20000 TD_EPOCHS=50 MGCC_ITERS=20000 MGCC_WIDTH=0.25 DEVICE=cuda).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=${DATA:-../shared/data}
+M=src/napari_textdiff/models
+RUNS=${RUNS:-runs}
+DEVICE=${DEVICE:-cpu}
+NT=.venv/bin/napari-textdiff
+mkdir -p "$M" "$RUNS"
+
+for stage in "$@"; do
+case $stage in
+backbone)   # DDPM pretraining on every unlabeled image we have (resumable: re-run to continue)
+  $NT pretrain-backbone "$D"/monuseg/Train_Folder/img "$D"/monuseg/Val_Folder/img \
+    "$D"/busi/benign "$D"/busi/malignant "$D"/busi/normal "$D"/xray/images --exclude '*_mask*' \
+    --channels 3 --preset small --steps "${BACKBONE_STEPS:-3000}" --batch-size 16 \
+    --warmup-steps 50 --lr 3e-4 --max-side 512 --checkpoint-every 25 --log-every 5 \
+    --device "$DEVICE" --out "$RUNS"/backbone-small ;;
+export)     # ship the EMA backbone as fp16 (loaded back as float32)
+  .venv/bin/python scripts/export_backbone.py "$RUNS"/backbone-small "$M"/backbone ;;
+histology)  # TextDiff head for nuclei, paper protocol (whole image resized to 256²)
+  $NT textdiff fit "$D"/monuseg --split Train_Folder --shots "${TD_SHOTS:-10}" --seed 0 \
+    --val "$D"/monuseg --val-split Val_Folder --backbone "$M"/backbone --resize-to 256 \
+    --epochs "${TD_EPOCHS:-12}" --device "$DEVICE" --out "$M"/histology.safetensors ;;
+xray)       # TextDiff head for lung lesions (ground glass ∪ consolidation) guided by the notes
+  $NT textdiff fit "$D"/xray --shots 0 --seed 0 --val-fraction 0.2 --backbone "$M"/backbone \
+    --resize-to 256 --epochs "${TD_EPOCHS:-12}" --device "$DEVICE" --out "$M"/xray.safetensors ;;
+ultrasound) # light MGCC, semi-supervised: 50 % of the train split labeled, the rest unlabeled
+  $NT mgcc train "$D"/busi --labeled-fraction 0.5 --val-fraction 0.2 \
+    --width "${MGCC_WIDTH:-0.125}" --size 128 --iterations "${MGCC_ITERS:-1000}" --lr 0.02 \
+    --batch-labeled 2 --batch-unlabeled 2 --val-every 100 --checkpoint-every 100 \
+    --device "$DEVICE" --fp16 --out "$M"/ultrasound_mgcc.safetensors ;;
+ldm)        # small latent diffusion model on BUSI images for the synthetic preview
+  $NT train-ldm "$D"/busi/benign "$D"/busi/malignant "$D"/busi/normal --exclude '*_mask*' \
+    --channels 1 --preset small --vae-steps "${VAE_STEPS:-150}" --unet-steps "${LDM_STEPS:-400}" \
+    --device "$DEVICE" --out "$RUNS"/ldm && .venv/bin/python scripts/export_ldm.py "$RUNS"/ldm "$M"/ldm ;;
+*) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
+done
