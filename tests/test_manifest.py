@@ -42,3 +42,12 @@ def test_plugin_modules_do_not_import_torch():
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_npe2_validate_cli_passes():
+    """The exact check a napari hub submission runs: ``npe2 validate``."""
+    exe = Path(sys.executable).parent / "npe2"
+    if not exe.exists():
+        __import__("pytest").skip("npe2 command not installed")
+    out = subprocess.run([str(exe), "validate", "napari-textdiff"], capture_output=True, text=True)
+    assert out.returncode == 0 and "valid" in out.stdout, out.stdout + out.stderr
