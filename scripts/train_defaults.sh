@@ -22,13 +22,13 @@ backbone)   # DDPM pretraining on every unlabeled image we have (resumable: re-r
     --device "$DEVICE" --out "$RUNS"/backbone-small ;;
 export)     # ship the EMA backbone as fp16 (loaded back as float32)
   .venv/bin/python scripts/export_backbone.py "$RUNS"/backbone-small "$M"/backbone ;;
-histology)  # TextDiff head for nuclei, paper protocol (whole image resized to 256²)
+histology)  # TextDiff head for nuclei at a fixed scale of 0.256 (MoNuSeg 1000² -> 256², the paper's scale)
   $NT textdiff fit "$D"/monuseg --split Train_Folder --shots "${TD_SHOTS:-10}" --seed 0 \
-    --val "$D"/monuseg --val-split Val_Folder --backbone "$M"/backbone --resize-to 256 \
-    --epochs "${TD_EPOCHS:-12}" --device "$DEVICE" --out "$M"/histology.safetensors ;;
+    --val "$D"/monuseg --val-split Val_Folder --backbone "$M"/backbone --scale 0.256 \
+    --epochs "${TD_EPOCHS:-20}" --device "$DEVICE" --out "$M"/histology.safetensors ;;
 xray)       # TextDiff head for lung lesions (ground glass ∪ consolidation) guided by the notes
-  $NT textdiff fit "$D"/xray --shots 0 --seed 0 --val-fraction 0.2 --backbone "$M"/backbone \
-    --resize-to 256 --epochs "${TD_EPOCHS:-12}" --device "$DEVICE" --out "$M"/xray.safetensors ;;
+  $NT textdiff fit "$D"/xray --shots "${XR_SHOTS:-8}" --seed 0 --val-fraction 0.25 --backbone "$M"/backbone \
+    --resize-to 256 --epochs "${TD_EPOCHS:-10}" --device "$DEVICE" --out "$M"/xray.safetensors ;;
 ultrasound) # light MGCC, semi-supervised: 50 % of the train split labeled, the rest unlabeled
   $NT mgcc train "$D"/busi --labeled-fraction 0.5 --val-fraction 0.2 \
     --width "${MGCC_WIDTH:-0.125}" --size 128 --iterations "${MGCC_ITERS:-1000}" --lr 0.02 \
@@ -36,7 +36,7 @@ ultrasound) # light MGCC, semi-supervised: 50 % of the train split labeled, the 
     --device "$DEVICE" --fp16 --out "$M"/ultrasound_mgcc.safetensors ;;
 ldm)        # small latent diffusion model on BUSI images for the synthetic preview
   $NT train-ldm "$D"/busi/benign "$D"/busi/malignant "$D"/busi/normal --exclude '*_mask*' \
-    --channels 1 --preset small --vae-steps "${VAE_STEPS:-150}" --unet-steps "${LDM_STEPS:-400}" \
+    --channels 1 --preset small --vae-steps "${VAE_STEPS:-150}" --unet-steps "${LDM_STEPS:-200}" \
     --device "$DEVICE" --out "$RUNS"/ldm && .venv/bin/python scripts/export_ldm.py "$RUNS"/ldm "$M"/ldm ;;
 *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -1,0 +1,58 @@
+"""The models shipped in the package load offline and give sensible masks on the samples."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_textdiff.cli.demo import sample_path
+from napari_textdiff.core import defaults
+from napari_textdiff.core.io import load_image, read_mask
+from napari_textdiff.core.metrics import binary_metrics
+
+
+
+@pytest.fixture
+def shipped_models(monkeypatch):
+    """Undo conftest's isolation: these tests are about the real bundled files."""
+    monkeypatch.delenv("NAPARI_TEXTDIFF_MODELS", raising=False)
+    return defaults.models_dir()
+
+
+@pytest.mark.parametrize("modality", list(defaults.MODALITIES))
+def test_bundled_model_loads_and_segments_its_sample(shipped_models, modality):
+    from napari_textdiff.core.models import load_model
+
+    path = defaults.default_model_path(modality)
+    assert path is not None, defaults.missing_model_message(modality)
+    assert path.stat().st_size < 25e6
+    model = load_model(path, device="cpu")
+    img_path, info = sample_path(modality)
+    img = load_image(img_path, channels=model.channels)
+    prob = model.predict_proba(img, info["description"] if model.uses_text else None)
+    assert prob.shape == img.shape[:2] and prob.dtype == np.float32
+    assert np.isfinite(prob).all() and 0 <= prob.min() and prob.max() <= 1
+    mask = prob >= defaults.modality_defaults(modality).threshold
+    assert 0.005 < mask.mean() < 0.9          # neither empty nor everything
+    if info.get("mask"):                       # samples with ground truth: better than chance
+        gt = read_mask(img_path.parent / info["mask"])
+        chance = binary_metrics(np.ones_like(gt), gt)["dice"]
+        assert binary_metrics(mask, gt)["dice"] > chance
+
+
+def test_bundled_models_fit_the_size_budget(shipped_models):
+    total = sum(f.stat().st_size for f in shipped_models.rglob("*") if f.is_file())
+    assert total <= 40e6, f"bundled models take {total / 1e6:.1f} MB (budget 40 MB)"
+
+
+def test_demo_segments_the_samples(shipped_models, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "napari_textdiff.cli", "demo", "--out",
+                          str(tmp_path), "--device", "cpu"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert {r["modality"] for r in summary} == set(defaults.MODALITIES)
+    for r in summary:
+        m = read_mask(r["mask"], instances=True)
+        assert m.shape == tuple(r["shape"]) and m.max() == r["objects"] >= 1
+        assert (tmp_path / r["overlay"].split("/")[-1]).is_file()
