@@ -60,12 +60,14 @@ def monuseg_run(tmp_path_factory, tiny_bert):
     tmp = tmp_path_factory.mktemp("monuseg")
     data = make_monuseg(tmp / "data")
     out = tmp / "out"
-    rc = main(["benchmark", "monuseg", "--data", str(data), "--test-split", "Val_Folder",
-               "--quick", "--out", str(out), "--size", "32", "--tile-overlap", "8",
-               "--backbone-preset", "tiny",
-               "--text-encoder", str(tiny_bert), "--k", "2", "--seeds", "0,1",
-               "--epochs", "2", "--unet-iterations", "6", "--mgcc-iterations", "3",
-               "--threads", "1", "--no-progress", "--device", "cpu"])
+    with pytest.MonkeyPatch.context() as mp:   # module fixture: runs before conftest's isolation
+        mp.setenv("NAPARI_TEXTDIFF_MODELS", str(tmp / "no_models"))
+        rc = main(["benchmark", "monuseg", "--data", str(data), "--test-split", "Val_Folder",
+                   "--quick", "--out", str(out), "--size", "32", "--tile-overlap", "8",
+                   "--backbone-preset", "tiny",
+                   "--text-encoder", str(tiny_bert), "--k", "2", "--seeds", "0,1",
+                   "--epochs", "2", "--unet-iterations", "6", "--mgcc-iterations", "3",
+                   "--threads", "1", "--no-progress", "--device", "cpu"])
     assert rc == 0
     return out, json.loads((out / "monuseg.json").read_text())
 

@@ -56,3 +56,21 @@ def test_demo_segments_the_samples(shipped_models, tmp_path):
         m = read_mask(r["mask"], instances=True)
         assert m.shape == tuple(r["shape"]) and m.max() == r["objects"] >= 1
         assert (tmp_path / r["overlay"].split("/")[-1]).is_file()
+
+
+def test_bundled_ldm_samples_images(shipped_models):
+    from napari_textdiff.core.diffusion.synthesize import synthesize
+    from napari_textdiff.core.progress import run
+
+    ldm = defaults.default_ldm_dir()
+    assert ldm is not None, "no bundled latent diffusion model"
+    events = []
+    run(synthesize(ldm, n=2, steps=4, eta=0.0, seed=0, device="cpu", batch_size=2),
+        callback=events.append)
+    samples = [e.payload for e in events if e.payload is not None]
+    assert len(samples) == 2
+    for s in samples:
+        img = s["image"]
+        assert img.dtype == np.float32 and img.ndim == 3 and img.shape[-1] == 1
+        assert 0 <= img.min() and img.max() <= 1 and img.std() > 0.01
+        assert np.isfinite(s["distance"])
