@@ -136,7 +136,9 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
     del tensors
     n = data.shape[0]
     thumbs, index_meta = build_train_index(data, cfg.thumb_size, cfg.flip, cfg.copy_ratio)
-    save_file({"thumbnails": thumbs.contiguous()}, str(out / "train_index.safetensors"))
+    # uint8 thumbnails: 4x smaller than float32, error <= 1/510, far below copy distances
+    q = (thumbs.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
+    save_file({"thumbnails": q}, str(out / "train_index.safetensors"))
     meta = {"kind": "napari-textdiff latent diffusion", "config": dataclasses.asdict(cfg),
             "channels": cfg.channels, "size": size, "image_names": names, "n_images": n,
             **index_meta, "vae_steps_done": 0, "unet_steps_done": 0, "scaling_factor": None,

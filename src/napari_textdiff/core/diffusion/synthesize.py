@@ -29,7 +29,8 @@ class TrainingIndex:
     def __init__(self, thumbs, names, flip: bool, threshold: float):
         import torch
 
-        self.thumbs = thumbs.float()
+        # stored as uint8 (4x smaller to ship); older indexes are float in [0, 1]
+        self.thumbs = thumbs.float() / 255.0 if thumbs.dtype == torch.uint8 else thumbs.float()
         self.names = list(names)
         self.flip = flip
         self.threshold = float(threshold)
