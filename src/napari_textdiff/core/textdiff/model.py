@@ -26,6 +26,7 @@ import numpy as np
 
 from ..models import Example
 from ..progress import Progress
+from ..tiling import tile_starts
 from .config import DEFAULT_TEXT_ENCODER, TextDiffConfig
 
 __all__ = ["TextDiffModel", "dihedral"]
@@ -51,15 +52,6 @@ def _resize(arr: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
     out = resize(arr, shape, order=order, mode="reflect", preserve_range=True,
                  anti_aliasing=order > 0 and (shape[0] < arr.shape[0] or shape[1] < arr.shape[1]))
     return out.astype(arr.dtype, copy=False)
-
-
-def _positions(length: int, tile: int, overlap: int) -> list[int]:
-    """Tile starts covering [0, length) with at least ``overlap`` overlap."""
-    if length <= tile:
-        return [0]
-    step = max(1, tile - overlap)
-    n = math.ceil((length - tile) / step) + 1
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
 def _soft_dice_loss(prob, target, valid):
@@ -245,8 +237,8 @@ class TextDiffModel:
             mask = np.pad(mask, ((0, ph), (0, pw)))
             valid = np.pad(valid, ((0, ph), (0, pw)))
         out = []
-        for y in _positions(img.shape[0], s, c.tile_overlap):
-            for x in _positions(img.shape[1], s, c.tile_overlap):
+        for y in tile_starts(img.shape[0], s, c.tile_overlap):
+            for x in tile_starts(img.shape[1], s, c.tile_overlap):
                 out.append((img[y:y + s, x:x + s], mask[y:y + s, x:x + s],
                             valid[y:y + s, x:x + s]))
         return out
