@@ -40,7 +40,8 @@ pipi() {
 FL=()
 [ -d /opt/wheels ] && FL=(--find-links /opt/wheels)
 
-if ! "$VPY" -c "import torch" 2>/dev/null; then
+has_torch() { "$VPY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)"; }
+if ! has_torch; then
   echo "[setup] installing torch (CPU wheel where one is on disk)"
   if [ -d /opt/wheels ] && ls /opt/wheels/torch-*+cpu-*.whl >/dev/null 2>&1; then
     pipi "${FL[@]}" "torch==2.13.0+cpu"
@@ -50,7 +51,7 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
 fi
 echo "[setup] installing napari-textdiff (editable) with napari, Qt and test tools"
 # keep whatever torch is installed: constrain it to the installed version
-tv=$("$VPY" -c "import torch; print(torch.__version__)")
+tv=$("$VPY" -c "from importlib.metadata import version; print(version('torch'))")
 echo "torch==$tv" > "$VENV/torch-constraint.txt"
 pipi "${FL[@]}" -c "$VENV/torch-constraint.txt" -e ".[napari,testing]"
 echo "$key" > "$stamp"
