@@ -61,7 +61,7 @@ def load_image_set(inputs, channels: int = 3, max_side: int | None = 2048,
 
     items = list(inputs)
     if items and all(isinstance(x, (str, os.PathLike)) for x in items):
-        from napari_textdiff.core.io import load_image
+        from ..io import load_image
 
         paths = collect_image_paths(items, recursive=recursive, exclude=exclude)
         arrays = [load_image(p, channels=channels) for p in paths]

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Callable, Generator
 
-from napari_textdiff.core.bundle import atomic_write_bytes
-from napari_textdiff.core.progress import Progress
+from ..bundle import atomic_write_bytes
+from ..progress import Progress
 
 from .presets import ldm_preset, unet_config, vae_config
 from .pretrain import save_pretrained_atomic
@@ -110,7 +110,7 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
     from diffusers.training_utils import EMAModel
     from safetensors.torch import save_file
 
-    from napari_textdiff.core.device import autocast, resolve_device
+    from ..device import autocast, resolve_device
 
     from .crops import load_image_set, resize_images
 

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Callable, Generator
 
-from napari_textdiff.core.bundle import atomic_write_bytes
-from napari_textdiff.core.progress import Progress
+from ..bundle import atomic_write_bytes
+from ..progress import Progress
 
 from .backbone import load_backbone  # noqa: F401  (re-exported)
 
@@ -134,7 +134,7 @@ def pretrain_backbone(images, out_dir, config: PretrainConfig | None = None, dev
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    from napari_textdiff.core.device import autocast_dtype, resolve_device
+    from ..device import autocast_dtype, resolve_device
 
     cfg = dataclasses.replace(config or PretrainConfig(), **overrides).resolved()
     out = Path(out_dir)

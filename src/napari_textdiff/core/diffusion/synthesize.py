@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Generator
 
-from napari_textdiff.core.progress import Progress
+from ..progress import Progress
 
 from .ldm import LDM_META, _rmse_matrix, thumbnails
 
@@ -91,7 +91,7 @@ def synthesize(ldm_dir, n: int, steps: int = 50, eta: float = 0.0, seed: int = 0
     import torch
     from diffusers import DDIMScheduler
 
-    from napari_textdiff.core.device import autocast, resolve_device
+    from ..device import autocast, resolve_device
 
     if n < 1 or steps < 1:
         raise ValueError(f"need n >= 1 and steps >= 1 (got n={n}, steps={steps})")

@@ -76,7 +76,7 @@ def _layer_name(unet, k: int, j: int) -> str:
 def paper_block_tap(unet, index: int) -> str:
     """Map guided-diffusion ``output_blocks[index]`` to a diffusers module name of ``unet``
     (the one mapping, shared with the guided-diffusion importer)."""
-    from napari_textdiff.core.diffusion.presets import guided_output_block_to_tap
+    from ..diffusion.presets import guided_output_block_to_tap
 
     try:
         return guided_output_block_to_tap(int(index), unet.config)
