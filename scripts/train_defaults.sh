@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains the bundled default models into src/napari_textdiff/models/ from ../shared/data.
-# Usage: scripts/train_defaults.sh STAGE...   (stages: backbone export histology xray ultrasound ldm cards)
+# Usage: scripts/train_defaults.sh STAGE...   (stages: backbone export histology xray ultrasound ultrasound_textdiff ldm)
 # Sizes scale with env vars so the same script serves a CPU (defaults below) and a GPU
 # (e.g. BACKBONE_STEPS=20000 TD_EPOCHS=50 MGCC_ITERS=20000 MGCC_WIDTH=0.25 DEVICE=cuda).
 set -euo pipefail
@@ -34,6 +34,11 @@ ultrasound) # light MGCC, semi-supervised: 50 % of the train split labeled, the 
     --width "${MGCC_WIDTH:-0.125}" --size 128 --iterations "${MGCC_ITERS:-1000}" --lr 0.02 \
     --batch-labeled 2 --batch-unlabeled 2 --val-every 100 --checkpoint-every 100 \
     --device "$DEVICE" --fp16 --out "$M"/ultrasound_mgcc.safetensors ;;
+ultrasound_textdiff) # TextDiff head for breast lesions; BUSI has no text, so each image is
+            # described by its class folder ("Benign breast lesion.", core.datasets.BUSI_DESCRIPTIONS)
+  $NT textdiff fit "$D"/busi --describe-classes --shots "${US_SHOTS:-32}" --seed 0 --val-fraction 0.25 \
+    --backbone "$M"/backbone --resize-to 256 --epochs "${TD_EPOCHS:-10}" --device "$DEVICE" \
+    --out "$M"/ultrasound.safetensors ;;
 ldm)        # small latent diffusion model on BUSI images for the synthetic preview
   $NT train-ldm "$D"/busi/benign "$D"/busi/malignant "$D"/busi/normal --exclude '*_mask*' \
     --channels 1 --preset small --vae-steps "${VAE_STEPS:-150}" --unet-steps "${LDM_STEPS:-200}" \

@@ -305,3 +305,39 @@ def test_busi_samples_synthetic_images_from_an_ldm(tmp_path):
     assert res["synthetic"]["source"] == "ldm" and res["synthetic"]["n"] == 3
     r = res["rows"][0]
     assert r["method"] == "mgcc_50_synthetic" and r["n_unlabeled"] >= 3
+
+
+def test_killed_run_keeps_finished_units_and_resume_reuses_them(tmp_path):
+    """A run killed after its first unit leaves that unit on disk; --resume reuses it (same
+    numbers, marked) and runs only the rest; other settings are refused, not mixed."""
+    from napari_textdiff.core.benchmark.busi import BusiConfig, run_busi
+    from napari_textdiff.core.progress import run
+
+    data = make_busi(tmp_path / "busi")
+    out = tmp_path / "out"
+    cfg = dict(seeds=[0], methods=["mgcc_50", "unet_full"], size=32, iterations=3,
+               device="cpu")
+    gen = run_busi(data, out, BusiConfig.quick(**cfg))
+    for ev in gen:                        # "kill" it once the first unit is done
+        if ev.stage == "benchmark" and ev.step == 1:
+            break
+    gen.close()
+    partial = json.loads((out / "busi.partial.json").read_text())
+    assert partial["complete"] is False and not (out / "busi.json").exists()
+    assert [(r["method"], r["seed"]) for r in partial["rows"]] == [("mgcc_50", 0)]
+
+    res = run(run_busi(data, out, BusiConfig.quick(**{**cfg, "seeds": [0, 1]}), resume=True))
+    got = {(r["method"], r["seed"]): r for r in res["rows"]}
+    assert set(got) == {(m, s) for m in ("mgcc_50", "unet_full") for s in (0, 1)}
+    assert got[("mgcc_50", 0)]["resumed"] is True
+    assert got[("mgcc_50", 0)]["metrics"] == partial["rows"][0]["metrics"]
+    assert not any(r.get("resumed") for k, r in got.items() if k != ("mgcc_50", 0))
+    assert res["resumed"]["units"] == 1
+    assert not (out / "busi.partial.json").exists() and (out / "busi.json").is_file()
+
+    # a finished run is resumable too (nothing to train), but not with other settings
+    again = run(run_busi(data, out, BusiConfig.quick(**{**cfg, "seeds": [0, 1]}), resume=True))
+    assert again["resumed"]["units"] == 4
+    assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in res["rows"]]
+    with pytest.raises(ValueError, match="iterations: 3 there, 5 now"):
+        run(run_busi(data, out, BusiConfig.quick(**{**cfg, "iterations": 5}), resume=True))

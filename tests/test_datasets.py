@@ -99,6 +99,10 @@ def test_busi_merges_masks_and_keeps_classes(tmp_path):
     assert s[0].load_image().shape == (10, 12, 1)
     assert len(D.load_busi(tmp_path, include_normal=False)) == 3
     assert len(D.load_busi(tmp_path / "benign")) == 2             # one class folder
+    assert {x.text for x in s} == {""}                            # BUSI has no text...
+    texts = [x.text for x in D.discover(tmp_path, describe=True)]  # ...unless templated
+    assert texts == [D.BUSI_DESCRIPTIONS[c] for c in ("benign", "benign", "malignant", "normal")]
+    assert D.load_busi(tmp_path / "benign", describe=True)[0].text == "Benign breast lesion."
     assert D.detect_layout(tmp_path)[0] == "busi"
     # a mask of the wrong size is reported with both file names
     _png(tmp_path / "benign" / "benign (2)_mask_1.png", np.zeros((5, 5), np.uint8))

@@ -145,3 +145,22 @@ def test_modality_sets_defaults(viewer):
     assert w.threshold.value() == pytest.approx(MODALITIES["ultrasound"].threshold)
     assert "ultrasound_mgcc" in w.model_choice.itemText(0) or "not installed" in \
         w.model_choice.itemText(0)
+
+
+def test_other_bundled_models_of_the_modality_are_offered(viewer, tmp_path, monkeypatch):
+    """Ultrasound ships MGCC (default) and a TextDiff head: both are in the Model menu, and
+    switching modality removes the other modality's extras."""
+    for f in ("ultrasound_mgcc.safetensors", "ultrasound.safetensors",
+              "histology.safetensors"):
+        (tmp_path / f).write_bytes(b"x")
+    monkeypatch.setenv("NAPARI_TEXTDIFF_MODELS", str(tmp_path))
+    w = _segment_widget(viewer)
+    w.session.set_modality("ultrasound")
+    items = [w.model_choice.itemText(i) for i in range(w.model_choice.count())]
+    assert items[0] == "bundled: ultrasound_mgcc.safetensors"
+    assert items[1] == "bundled, also: ultrasound.safetensors"
+    w.model_choice.setCurrentIndex(1)
+    assert w.session.source == str(tmp_path / "ultrasound.safetensors")
+    w.session.set_modality("histology")
+    items = [w.model_choice.itemText(i) for i in range(w.model_choice.count())]
+    assert items == ["bundled: histology.safetensors"]

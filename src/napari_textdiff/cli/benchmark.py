@@ -32,6 +32,12 @@ def _common(p, default_out: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _resumable(p) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the units an earlier run with the same settings finished in "
+                        "--out (its NAME.partial.json or NAME.json); more seeds/K may be added")
+
+
 def _textdiff_opts(p) -> None:
     p.add_argument("--backbone", default=None,
                    help="TextDiff diffusion backbone directory (default: the bundled one, else "
@@ -43,6 +49,8 @@ def _textdiff_opts(p) -> None:
                    help="BERT-family directory (default: offline all-MiniLM-L6-v2)")
     p.add_argument("--head-preset", default=None, choices=["cpu", "paper"])
     p.add_argument("--epochs", type=int, default=None, help="TextDiff head epochs")
+    p.add_argument("--min-head-steps", type=int, default=None,
+                   help="at least this many head optimiser steps (small K gets more epochs)")
     p.add_argument("--size", type=int, default=None, help="working size (default 256)")
     p.add_argument("--feature-cache-mb", type=float, default=None,
                    help="RAM for memoised diffusion features before spilling to disk")
@@ -71,6 +79,7 @@ def register(sub) -> None:
     m.add_argument("--tile-overlap", type=int, default=None)
     _textdiff_opts(m)
     _common(m, "benchmark_results")
+    _resumable(m)
     m.set_defaults(func=_monuseg)
 
     b = bsub.add_parser("busi", help="BUSI: MGCC 50 %% labels ± synthetic, supervised U-Net")
@@ -81,10 +90,14 @@ def register(sub) -> None:
     b.add_argument("--n-synthetic", type=int, default=None, help="images to sample with --ldm")
     b.add_argument("--iterations", type=int, default=None, help="training iterations")
     b.add_argument("--width", type=float, default=None, help="MGCC / U-Net width multiplier")
+    b.add_argument("--batch-labeled", type=int, default=None, help="labeled images per step")
+    b.add_argument("--batch-unlabeled", type=int, default=None,
+                   help="unlabeled images per step (MGCC)")
     b.add_argument("--size", type=int, default=None, help="working size (default 256)")
     b.add_argument("--max-images", type=int, default=None,
                    help="use a seeded stratified subset of the cases (speed)")
     _common(b, "benchmark_results")
+    _resumable(b)
     b.set_defaults(func=_busi)
 
     x = bsub.add_parser("xray", help="chest X-ray lesions: TextDiff with / without notes")
@@ -93,6 +106,7 @@ def register(sub) -> None:
     x.add_argument("--test-fraction", type=float, default=None)
     _textdiff_opts(x)
     _common(x, "benchmark_results")
+    _resumable(x)
     x.set_defaults(func=_xray)
 
     s = bsub.add_parser("speed", help="latency, fine-tune time, LDM sampling, peak memory")
@@ -189,9 +203,10 @@ def _monuseg(args) -> int:
         "tile_overlap": "tile_overlap", "backbone": "backbone",
         "backbone_preset": "backbone_preset", "text_encoder": "text_encoder",
         "head_preset": "head_preset", "size": "size", "feature_cache_mb": "feature_cache_mb",
-        "device": "device"})
+        "min_head_steps": "min_head_steps", "device": "device"})
     cfg = MonusegConfig.quick(**over) if args.quick else MonusegConfig(**over)
-    res = _drive(run_monuseg(args.data, args.out, cfg, argv=_command(args)), not args.no_progress)
+    res = _drive(run_monuseg(args.data, args.out, cfg, argv=_command(args),
+                                  resume=args.resume), not args.no_progress)
     return _finish(res)
 
 
@@ -202,9 +217,12 @@ def _busi(args) -> int:
     over = _overrides(args, {"seeds": "seeds", "synthetic": "synthetic", "ldm": "ldm",
                              "n_synthetic": "n_synthetic", "iterations": "iterations",
                              "width": "width", "size": "size", "max_images": "max_images",
+                             "batch_labeled": "batch_labeled",
+                             "batch_unlabeled": "batch_unlabeled",
                              "device": "device"})
     cfg = BusiConfig.quick(**over) if args.quick else BusiConfig(**over)
-    res = _drive(run_busi(args.data, args.out, cfg, argv=_command(args)), not args.no_progress)
+    res = _drive(run_busi(args.data, args.out, cfg, argv=_command(args), resume=args.resume),
+                 not args.no_progress)
     return _finish(res)
 
 
@@ -216,11 +234,13 @@ def _xray(args) -> int:
                              "backbone": "backbone", "backbone_preset": "backbone_preset",
                              "text_encoder": "text_encoder", "head_preset": "head_preset",
                              "epochs": "epochs", "size": "size",
+                             "min_head_steps": "min_head_steps",
                              "feature_cache_mb": "feature_cache_mb", "device": "device"})
     if args.k is not None:
         over["k"] = [x if x == "all" else int(x) for x in _strs(args.k)]
     cfg = XrayConfig.quick(**over) if args.quick else XrayConfig(**over)
-    res = _drive(run_xray(args.data, args.out, cfg, argv=_command(args)), not args.no_progress)
+    res = _drive(run_xray(args.data, args.out, cfg, argv=_command(args), resume=args.resume),
+                 not args.no_progress)
     return _finish(res)
 
 

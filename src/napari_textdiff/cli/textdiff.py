@@ -25,6 +25,9 @@ def register(sub) -> None:
     g.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out this fraction of the drawn images for early stopping")
     f.add_argument("--val-split", default=None, help="split of --val (e.g. val)")
+    f.add_argument("--describe-classes", action="store_true",
+                   help="BUSI has no text: describe each image by its class folder "
+                        "(core.datasets.BUSI_DESCRIPTIONS)")
     b = f.add_mutually_exclusive_group()
     b.add_argument("--backbone", default=None,
                    help="diffusion backbone: UNet2DModel.save_pretrained directory (or hub id)")
@@ -55,10 +58,12 @@ def register(sub) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
 
 
-def _samples(path, split):
+def _samples(path, split, describe=False):
     from napari_textdiff.core.datasets import discover
 
     kw = {"split": split} if split else {}
+    if describe:
+        kw["describe"] = True
     return [s for s in discover(path, **kw) if s.has_mask]
 
 
@@ -70,7 +75,7 @@ def _fit(args) -> int:
     from napari_textdiff.core.textdiff.config import TextDiffConfig
     from napari_textdiff.core.textdiff.model import TextDiffModel
 
-    samples = _samples(args.data, args.split)
+    samples = _samples(args.data, args.split, args.describe_classes)
     if not samples:
         raise ValueError(f"{args.data}: no labelled images")
     if args.shots:
@@ -100,7 +105,8 @@ def _fit(args) -> int:
     train = [s.load(channels=model.channels) for s in samples]
     val = None
     if args.val:
-        val = [s.load(channels=model.channels) for s in _samples(args.val, args.val_split)]
+        val = [s.load(channels=model.channels)
+               for s in _samples(args.val, args.val_split, args.describe_classes)]
     print(f"fitting on {len(train)} images ({', '.join(s.name for s in samples)}); head "
           f"{model.num_parameters:,} params, taps {model.features.taps}", file=sys.stderr)
     hist = run(model.fit(train, val, val_fraction=args.val_fraction,

@@ -21,11 +21,16 @@ from . import io
 
 __all__ = [
     "Sample", "load_monuseg", "load_busi", "load_xray", "load_folder", "discover",
-    "detect_layout", "kshot", "train_val_split", "LAYOUTS", "XRAY_TARGETS",
+    "detect_layout", "kshot", "train_val_split", "LAYOUTS", "XRAY_TARGETS", "BUSI_DESCRIPTIONS",
 ]
 
 MONUSEG_SPLITS = {"train": "Train_Folder", "val": "Val_Folder", "test": "Test_Folder"}
 BUSI_CLASSES = ("benign", "malignant", "normal")
+#: BUSI has no text; ``load_busi(describe=True)`` gives each image the sentence a sonographer
+#: would type for its class folder (so a TextDiff head can be trained and guided on it)
+BUSI_DESCRIPTIONS = {"benign": "Benign breast lesion.",
+                     "malignant": "Malignant breast lesion.",
+                     "normal": "Normal breast tissue, no lesion."}
 XRAY_TARGETS = {
     "lesion": ("Ground Glass Opacities", "Consolidation"),
     "lungs": ("Right Lung", "Left Lung"),
@@ -192,7 +197,7 @@ def load_monuseg(folder, split: str | Sequence[str] | None = None) -> list[Sampl
 _BUSI_MASK = re.compile(r"^(?P<base>.+)_mask(?:_(?P<i>\d+))?$")
 
 
-def _busi_class(folder: Path, cls: str) -> list[Sample]:
+def _busi_class(folder: Path, cls: str, text: str = "") -> list[Sample]:
     files = _images_in(folder)
     masks: dict[str, list[Path]] = {}
     images = []
@@ -205,7 +210,7 @@ def _busi_class(folder: Path, cls: str) -> list[Sample]:
     out = []
     for ip in images:
         mps = sorted(masks.pop(ip.stem, []), key=lambda p: (len(p.stem), p.stem))
-        out.append(Sample(ip.stem, ip, tuple(mps), "",
+        out.append(Sample(ip.stem, ip, tuple(mps), text,
                           {"dataset": "busi", "class": cls, "n_masks": len(mps)}))
     if masks:
         orphan = sorted(masks)[:3]
@@ -215,12 +220,13 @@ def _busi_class(folder: Path, cls: str) -> list[Sample]:
 
 
 def load_busi(root, include_normal: bool = True, classes: Sequence[str] | None = None,
-              ) -> list[Sample]:
+              describe: bool = False) -> list[Sample]:
     """BUSI (Kaggle layout): ``benign/``, ``malignant/``, ``normal/`` with NAME.png,
     NAME_mask.png and extra lesions NAME_mask_1.png... (merged by union).
 
     ``meta["class"]`` is the folder; normal cases have an empty mask. ``root`` may also be one
-    class folder. BUSI has no descriptions: ``text`` is "" (callers may template one).
+    class folder. BUSI has no descriptions: ``text`` is "" unless ``describe``, which gives
+    each image its class's sentence from ``BUSI_DESCRIPTIONS``.
     """
     root = _dir(root, "BUSI")
     wanted = tuple(classes) if classes else BUSI_CLASSES
@@ -231,13 +237,14 @@ def load_busi(root, include_normal: bool = True, classes: Sequence[str] | None =
     if not found:
         if any(_BUSI_MASK.match(p.stem) for p in _images_in(root)):
             cls = root.name.lower()
-            return _busi_class(root, cls) if (include_normal or cls != "normal") else []
+            text = BUSI_DESCRIPTIONS.get(cls, "") if describe else ""
+            return _busi_class(root, cls, text) if (include_normal or cls != "normal") else []
         raise ValueError(f"{root}: not a BUSI folder (no benign/, malignant/, normal/ and no "
                          f"*_mask.png files)")
     out = []
     for c in wanted:
         if c in found:
-            out += _busi_class(found[c], c)
+            out += _busi_class(found[c], c, BUSI_DESCRIPTIONS[c] if describe else "")
     return out
 
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 __all__ = ["ModalityDefaults", "MODALITIES", "modality_defaults", "models_dir",
-           "default_model_path", "missing_model_message", "default_ldm_dir", "config_dir",
+           "default_model_path", "bundled_models", "missing_model_message", "default_ldm_dir", "config_dir",
            "load_settings", "save_settings"]
 
 
@@ -28,6 +28,7 @@ class ModalityDefaults:
     threshold: float         # probability threshold for the foreground
     split_instances: bool    # separate touching objects (nuclei) into instance labels
     text_hint: str           # placeholder for the description box
+    extra_models: tuple[str, ...] = ()   # other bundled models of this modality (offered too)
 
 
 MODALITIES: dict[str, ModalityDefaults] = {
@@ -39,7 +40,8 @@ MODALITIES: dict[str, ModalityDefaults] = {
         "e.g. Bilateral pulmonary infection, two infected areas, lower left and lower right lung."),
     "ultrasound": ModalityDefaults(
         "ultrasound", "Breast ultrasound", "ultrasound_mgcc.safetensors", 1, 0.5, False,
-        "(the ultrasound model does not use text)"),
+        "(the default MGCC model ignores text; the TextDiff one reads e.g. Benign breast lesion.)",
+        extra_models=("ultrasound.safetensors",)),
 }
 
 _ALIASES = {"he": "histology", "h&e": "histology", "x-ray": "xray", "cxr": "xray",
@@ -68,6 +70,13 @@ def default_model_path(modality: str) -> Path | None:
     """The bundled model for ``modality``, or ``None`` when it is not shipped (yet)."""
     p = models_dir() / modality_defaults(modality).model_file
     return p if p.is_file() else None
+
+
+def bundled_models(modality: str) -> list[Path]:
+    """Every shipped model of ``modality``: the default first, then its ``extra_models``."""
+    d = modality_defaults(modality)
+    files = [models_dir() / f for f in (d.model_file, *d.extra_models)]
+    return [p for p in files if p.is_file()]
 
 
 def missing_model_message(modality: str) -> str:

@@ -83,6 +83,11 @@ class SegmentWidget(JobWidget):
         p = defaults.default_model_path(modality)
         self.model_choice.setItemText(
             0, f"bundled: {p.name}" if p else f"bundled {d.label} model (not installed)")
+        for i in reversed(range(1, self.model_choice.count())):   # other modality's extras
+            if self.model_choice.itemText(i).startswith("bundled, also: "):
+                self.model_choice.removeItem(i)
+        for extra in defaults.bundled_models(modality)[1:] if p else []:
+            self.model_choice.insertItem(1, f"bundled, also: {extra.name}", str(extra))
 
     def set_model_file(self, path) -> None:
         """Use a model bundle file (as the "Model file…" button does)."""

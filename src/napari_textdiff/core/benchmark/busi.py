@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from .common import asdict, run_record, seed_everything, summarize, unit_event
+from .common import UnitLog, asdict, run_record, seed_everything, summarize, unit_event
 
 __all__ = ["BusiConfig", "run_busi", "BUSI_METHODS", "split_busi"]
 
@@ -96,8 +96,11 @@ def _synthetic_images(cfg: BusiConfig, device):
 
 
 def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
-             should_stop: Callable[[], bool] | None = None, write: bool = True):
-    """Progress generator; writes ``busi.json``/``.md``/plots; returns the result dict."""
+             should_stop: Callable[[], bool] | None = None, write: bool = True,
+             resume: bool = False):
+    """Progress generator; writes ``busi.json``/``.md``/plots; returns the result dict.
+    Finished units are saved at once; ``resume`` reuses those of an earlier run in
+    ``out_dir`` (``UnitLog``)."""
     from ..datasets import load_busi, train_val_split
     from ..device import resolve_device
     from ..metrics import mean_metrics
@@ -127,8 +130,11 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
         methods.remove("mgcc_50_synthetic")
         synth_rec = {"source": None, "note": "no --synthetic/--ldm given: row skipped"}
     units = [(s, m) for s in cfg.seeds for m in methods]
+    record = run_record(argv, dev, cfg.seeds, asdict(cfg), started)
+    log = UnitLog(out, "busi", asdict(cfg), ("method", "seed"), resume, run=record,
+                  persist=write)
     yield unit_event(0, len(units) + (1 if cfg.ldm else 0), "starting", t0)
-    if cfg.ldm:
+    if cfg.ldm and not all(log.has(m, s) for s, m in units if m == "mgcc_50_synthetic"):
         from ..diffusion.synthesize import synthesize
         gen = synthesize(cfg.ldm, cfg.n_synthetic, steps=cfg.ldm_steps, seed=cfg.split_seed,
                          device=dev)
@@ -138,8 +144,13 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
         synth_rec = {"source": "ldm", "path": str(cfg.ldm), "n": len(synth),
                      "steps": cfg.ldm_steps,
                      "near_copies": int(sum(p["near_copy"] for p in payloads))}
-    rows = []
     for i, (seed, method) in enumerate(units):
+        old = log.get(method, seed)
+        if old is not None:
+            yield unit_event(i + 1 + (1 if cfg.ldm else 0), len(units) + (1 if cfg.ldm else 0),
+                             f"{method} seed={seed}: iou {old['metrics']['iou']:.3f} (resumed)",
+                             t0)
+            continue
         lab, unl, val, test, rest = split_busi(samples, cfg, seed)
         seed_everything(seed)
         t1 = time.monotonic()
@@ -173,7 +184,7 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
         by_class = {c: mean_metrics([{k: r[k] for k in METRICS} for r in per
                                      if r["class"] == c])
                     for c in sorted({r["class"] for r in per})}
-        rows.append({"method": method, "seed": seed, "metrics": metrics, "by_class": by_class,
+        log.add({"method": method, "seed": seed, "metrics": metrics, "by_class": by_class,
                      "per_image": per, "n_labeled": n_lab, "n_unlabeled": n_unl,
                      "n_val": len(val), "n_test": len(test),
                      "train_seconds": round(train_seconds, 2),
@@ -182,10 +193,12 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
                          f"{method} seed={seed}: iou {metrics['iou']:.3f}", t0)
         if should_stop is not None and should_stop():
             break
+    rows = log.rows([(m, s) for s, m in units])
     _, _, val0, test0, rest0 = split_busi(samples, cfg, cfg.seeds[0])
     res = {
         "benchmark": "busi",
-        "run": run_record(argv, dev, cfg.seeds, asdict(cfg), started),
+        "run": record,
+        "resumed": {"from": log.resumed_from, "units": log.reused} if log.reused else None,
         "data": {"folder": str(Path(data).resolve()), "n_cases": len(samples),
                  "n_train": len(rest0), "n_val": len(val0), "n_test": len(test0),
                  "test_images": [s.name for s in test0]},
@@ -203,4 +216,5 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
     if write:
         from .report import write_outputs
         res["files"] = write_outputs(res, out)
+        log.finish()
     return res

@@ -26,7 +26,8 @@ import numpy as np
 from ..progress import Progress
 
 __all__ = ["run_record", "git_commit", "seed_everything", "evaluate_predictions",
-           "summarize", "FeatureMemo", "resolve_backbone", "peak_memory_mb", "Stopwatch"]
+           "summarize", "FeatureMemo", "resolve_backbone", "peak_memory_mb", "Stopwatch",
+           "UnitLog"]
 
 
 def git_commit(cwd=None) -> str | None:
@@ -305,3 +306,91 @@ def unit_event(done: int, total: int, message: str, t0: float) -> Progress:
 def asdict(cfg) -> dict:
     d = dataclasses.asdict(cfg)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+class UnitLog:
+    """The finished units (one method x setting x seed each) of a benchmark run, saved after
+    every unit to ``NAME.partial.json`` so a killed run keeps its work.
+
+    With ``resume`` the rows of an earlier run in the same folder (its partial file, else its
+    final ``NAME.json``) are reused when every setting that changes a result agrees; the
+    swept lists (``SWEEP``: K values, seeds, methods, protocols) may differ, so a run can be
+    extended with more seeds or K values. Settings that disagree raise a ``ValueError`` naming
+    them rather than mixing incomparable rows.
+    """
+
+    SWEEP = ("k", "seeds", "methods", "protocols", "device")
+
+    def __init__(self, out_dir, name: str, config: dict, key: Sequence[str], resume: bool = False,
+                 run: dict | None = None, persist: bool = True):
+        self.out = Path(out_dir)
+        self.path = self.out / f"{name}.partial.json"
+        self.final = self.out / f"{name}.json"
+        self.key = tuple(key)
+        self.config = config
+        self.run = run or {}
+        self.persist = persist
+        self._rows: dict[tuple, dict] = {}
+        self.reused = 0
+        self.resumed_from: str | None = None
+        if resume:
+            self._load()
+
+    def _fixed(self, cfg: dict) -> dict:
+        return {k: v for k, v in cfg.items() if k not in self.SWEEP}
+
+    def _load(self) -> None:
+        import json
+
+        for p in (self.path, self.final):
+            if not p.is_file():
+                continue
+            try:
+                old = json.loads(p.read_text())
+                old_cfg = old["run"]["config"]
+                rows = old["rows"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"--resume: {p} is not a readable benchmark file ({e})") from e
+            mine, theirs = self._fixed(self.config), self._fixed(old_cfg)
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            if diff:
+                raise ValueError(
+                    f"--resume: {p} was run with other settings ("
+                    + ", ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} now"
+                                for k in diff) + "); use another --out or drop --resume")
+            for r in rows:
+                self._rows[self._k(r)] = {**r, "resumed": True}
+            self.resumed_from = str(p)
+            return
+
+    def _k(self, row: dict) -> tuple:
+        return tuple(row[k] for k in self.key)
+
+    def has(self, *key) -> bool:
+        return tuple(key) in self._rows
+
+    def get(self, *key) -> dict | None:
+        """The earlier row of this unit (counted as reused), or None if it must run."""
+        row = self._rows.get(tuple(key))
+        if row is not None:
+            self.reused += 1
+        return row
+
+    def add(self, row: dict) -> None:
+        """Record a finished unit and rewrite the partial file (atomically)."""
+        from .report import write_json
+
+        self._rows[self._k(row)] = row
+        if not self.persist:
+            return
+        write_json({"benchmark": self.final.stem, "run": {**self.run, "config": self.config},
+                    "complete": False, "rows": list(self._rows.values())}, self.path)
+
+    def rows(self, planned: Sequence[tuple]) -> list[dict]:
+        """The rows of the planned units that exist, in plan order."""
+        return [self._rows[k] for k in planned if k in self._rows]
+
+    def finish(self) -> None:
+        """The final JSON is written: the partial file is no longer needed."""
+        if self.persist:
+            self.path.unlink(missing_ok=True)

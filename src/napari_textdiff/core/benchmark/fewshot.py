@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..progress import Progress
-from .common import (FeatureMemo, asdict, evaluate_predictions, resolve_backbone, run_record,
-                     seed_everything, summarize, unit_event)
+from .common import (FeatureMemo, UnitLog, asdict, evaluate_predictions, resolve_backbone,
+                     run_record, seed_everything, summarize, unit_event)
 
 __all__ = ["MonusegConfig", "run_monuseg", "TextDiffVariants", "METHODS", "TEXTDIFF_MODES"]
 
@@ -210,9 +210,11 @@ def _labeled(samples, what):
 
 
 def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
-                should_stop: Callable[[], bool] | None = None, write: bool = True):
+                should_stop: Callable[[], bool] | None = None, write: bool = True,
+                resume: bool = False):
     """Progress generator; writes ``monuseg.json``/``.md``/plots to ``out_dir`` and returns
-    the result dict."""
+    the result dict. Each finished unit is saved at once (``UnitLog``); ``resume`` reuses the
+    units an earlier run in ``out_dir`` finished."""
     from ..datasets import kshot, load_monuseg
     from ..device import resolve_device
 
@@ -247,27 +249,35 @@ def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
                                     need_text=any(m != "textdiff_no_text" for m in need_td))
     units = [(p, k, s, m) for p in cfg.protocols for k in cfg.k for s in cfg.seeds
              for m in cfg.methods]
-    rows = []
+    record = run_record(argv, dev, cfg.seeds, asdict(cfg), started)
+    log = UnitLog(out, "monuseg", asdict(cfg), ("method", "protocol", "k", "seed"), resume,
+                  run=record, persist=write)
     yield unit_event(0, len(units), "starting", t0)
     try:
         for i, (protocol, k, seed, method) in enumerate(units):
-            subset = kshot(train_s, k, seed=seed)
-            train = [load(s) for s in subset]
-            row = yield from fit_and_evaluate(method, protocol, train, test, cfg, variants,
-                                              seed, dev, should_stop)
-            rows.append({"method": method, "protocol": protocol, "k": k, **row})
+            row = log.get(method, protocol, k, seed)
+            if row is None:
+                subset = kshot(train_s, k, seed=seed)
+                train = [load(s) for s in subset]
+                row = yield from fit_and_evaluate(method, protocol, train, test, cfg, variants,
+                                                  seed, dev, should_stop)
+                row = {"method": method, "protocol": protocol, "k": k, **row}
+                log.add(row)
             yield unit_event(i + 1, len(units),
                              f"{method} {protocol} K={k} seed={seed}: dice "
-                             f"{row['metrics']['dice']:.3f}", t0)
+                             f"{row['metrics']['dice']:.3f}"
+                             + (" (resumed)" if row.get("resumed") else ""), t0)
             if should_stop is not None and should_stop():
                 break
     finally:
         memo_stats = variants.memo.stats() if variants else None
         if variants is not None:
             variants.close()
+    rows = log.rows([(m, p, k, s) for p, k, s, m in units])
     result = {
         "benchmark": "monuseg",
-        "run": run_record(argv, dev, cfg.seeds, asdict(cfg), started),
+        "run": record,
+        "resumed": {"from": log.resumed_from, "units": log.reused} if log.reused else None,
         "backbone": bb_rec,
         "text_encoder": (variants.text_ref if variants and variants.encoder else None),
         "data": {"folder": str(Path(data).resolve()), "train_split": cfg.train_split,
@@ -282,4 +292,5 @@ def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
     if write:
         from .report import write_outputs
         result["files"] = write_outputs(result, out)
+        log.finish()
     return result

@@ -86,6 +86,8 @@ def load_results(folder) -> dict[str, dict]:
     """``{benchmark: result}`` of the ``*.json`` benchmark files in ``folder``."""
     out = {}
     for p in sorted(Path(folder).glob("*.json")):
+        if p.name.endswith(".partial.json"):     # an unfinished run (UnitLog)
+            continue
         try:
             d = json.loads(p.read_text())
         except (OSError, ValueError) as e:

@@ -17,8 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from .common import (asdict, evaluate_predictions, resolve_backbone, run_record, summarize,
-                     unit_event)
+from .common import (UnitLog, asdict, evaluate_predictions, resolve_backbone, run_record,
+                     summarize, unit_event)
 
 __all__ = ["XrayConfig", "run_xray", "XRAY_METHODS"]
 
@@ -72,8 +72,11 @@ def _shrink(ex, max_side: int):
 
 
 def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
-             should_stop: Callable[[], bool] | None = None, write: bool = True):
-    """Progress generator; writes ``xray.json``/``.md``/plots; returns the result dict."""
+             should_stop: Callable[[], bool] | None = None, write: bool = True,
+             resume: bool = False):
+    """Progress generator; writes ``xray.json``/``.md``/plots; returns the result dict.
+    Finished units are saved at once; ``resume`` reuses those of an earlier run in
+    ``out_dir`` (``UnitLog``)."""
     from ..datasets import kshot, load_xray, train_val_split
     from ..device import resolve_device
     from ..metrics import mean_metrics
@@ -105,10 +108,17 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
                                 need_text="textdiff_notes" in cfg.methods)
     test = [load(s) for s in test_s]
     units = [(k, lab, s, m) for k, lab in zip(ks, cfg.k) for s in cfg.seeds for m in cfg.methods]
-    rows = []
+    record = run_record(argv, dev, cfg.seeds, asdict(cfg), started)
+    log = UnitLog(out, "xray", asdict(cfg), ("method", "k", "seed"), resume, run=record,
+                  persist=write)
     yield unit_event(0, len(units), "starting", t0)
     try:
         for i, (k, k_label, seed, method) in enumerate(units):
+            old = log.get(method, k, seed)
+            if old is not None:
+                yield unit_event(i + 1, len(units), f"{method} K={k} seed={seed}: dice "
+                                 f"{old['metrics']['dice']:.3f} (resumed)", t0)
+                continue
             subset = train_s if k == len(train_s) else kshot(train_s, k, seed=seed)
             train = [load(s) for s in subset]
             seed_everything(seed)
@@ -121,7 +131,7 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
             train_seconds = time.monotonic() - t1
             per = evaluate_predictions(lambda ex: model.predict_proba(ex.image, ex.text), test)
             metrics = mean_metrics([{k2: v for k2, v in r.items() if k2 != "name"} for r in per])
-            rows.append({"method": method, "k": k, "k_label": str(k_label), "seed": seed,
+            log.add({"method": method, "k": k, "k_label": str(k_label), "seed": seed,
                          "train_images": [e.name for e in train], "metrics": metrics,
                          "per_image": per, "train_seconds": round(train_seconds, 2),
                          "epochs": epochs,
@@ -133,9 +143,11 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
     finally:
         memo = variants.memo.stats()
         variants.close()
+    rows = log.rows([(m, k, s) for k, _, s, m in units])
     res = {
         "benchmark": "xray",
-        "run": run_record(argv, dev, cfg.seeds, asdict(cfg), started),
+        "run": record,
+        "resumed": {"from": log.resumed_from, "units": log.reused} if log.reused else None,
         "backbone": bb_rec,
         "text_encoder": variants.text_ref if variants.encoder else None,
         "data": {"folder": str(Path(data).resolve()), "target": cfg.target,
@@ -152,4 +164,5 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
     if write:
         from .report import write_outputs
         res["files"] = write_outputs(res, out)
+        log.finish()
     return res
