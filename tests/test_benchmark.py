@@ -122,6 +122,8 @@ def test_report_rewrites_only_the_block(monuseg_run, tmp_path):
     assert text.startswith("# Title\n\nintro\n\n") and text.endswith("\n\n## After\n")
     assert "old numbers" not in text and "MoNuSeg few-shot" in text
     assert res["run"]["device_description"] in text
+    rel = Path(__import__("os").path.relpath(out, tmp_path)).as_posix()
+    assert f"![monuseg_dice_vs_k]({rel}/monuseg_dice_vs_k.png)" in text   # plots, linked
     first = text
     assert main(["benchmark", "report", "--results", str(out), "--readme", str(readme)]) == 0
     assert readme.read_text() == first                      # idempotent

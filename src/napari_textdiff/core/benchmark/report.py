@@ -153,6 +153,10 @@ def _run_lines(res: dict) -> list[str]:
         lines.append(f"- text encoder: {res['text_encoder']}")
     if res.get("split_note"):
         lines.append(f"- split: {res['split_note']}")
+    if res.get("resumed"):
+        lines.append(f"- resumed: {res['resumed']['units']} of {len(res.get('rows', []))} runs "
+                     "were finished by an earlier, interrupted invocation with the same settings "
+                     "(`--resume`)")
     return lines
 
 
@@ -315,8 +319,11 @@ def write_outputs(res: dict, out_dir) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------- README
-def readme_section(results_dir) -> str:
-    """The README results block built from the benchmark JSON files in ``results_dir``."""
+def readme_section(results_dir, link_base=None) -> str:
+    """The README results block built from the benchmark JSON files in ``results_dir``; plot
+    links are relative to ``link_base`` (the README's folder; default: the current one)."""
+    import os
+
     res = load_results(results_dir)
     if not res:
         raise FileNotFoundError(f"{results_dir}: no benchmark JSON files (monuseg.json, "
@@ -327,6 +334,11 @@ def readme_section(results_dir) -> str:
     for b in ("monuseg", "busi", "xray", "speed"):
         if b in res:
             parts.append(markdown(res[b], heading_level=3))
+            plots = sorted(Path(results_dir).glob(f"{b}_*.png"))
+            if plots:
+                rel = [Path(os.path.relpath(p.resolve(), Path(link_base or ".").resolve()))
+                       for p in plots]
+                parts += [" ".join(f"![{p.stem}]({p.as_posix()})" for p in rel), ""]
     parts.append(END)
     return "\n".join(parts)
 
@@ -338,7 +350,7 @@ def update_readme(readme, results_dir, out=None) -> Path:
     text = readme.read_text(encoding="utf-8")
     if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
         raise ValueError(f"{readme}: needs exactly one '{START}' followed by one '{END}'")
-    block = readme_section(results_dir)
+    block = readme_section(results_dir, link_base=readme.parent)
     new = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _m: block, text,
                  flags=re.S)
     dest = Path(out) if out else readme
