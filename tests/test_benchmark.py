@@ -343,3 +343,25 @@ def test_killed_run_keeps_finished_units_and_resume_reuses_them(tmp_path):
     assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in res["rows"]]
     with pytest.raises(ValueError, match="iterations: 3 there, 5 now"):
         run(run_busi(data, out, BusiConfig.quick(**{**cfg, "iterations": 5}), resume=True))
+
+
+def test_finished_only_reports_a_killed_run_without_training(tmp_path):
+    from napari_textdiff.cli import main
+    from napari_textdiff.core.benchmark.busi import BusiConfig, run_busi
+
+    data = make_busi(tmp_path / "busi")
+    out = tmp_path / "out"
+    gen = run_busi(data, out, BusiConfig.quick(seeds=[0], methods=["mgcc_50", "unet_full"],
+                                               size=32, iterations=3, device="cpu"))
+    for ev in gen:
+        if ev.stage == "benchmark" and ev.step == 1:
+            break
+    gen.close()
+    assert main(["benchmark", "busi", "--data", str(data), "--quick", "--out", str(out),
+                 "--size", "32", "--iterations", "3", "--seeds", "0,1", "--threads", "1",
+                 "--no-progress", "--device", "cpu", "--finished-only"]) == 0
+    res = json.loads((out / "busi.json").read_text())
+    assert [(r["method"], r["seed"], r["resumed"]) for r in res["rows"]] == \
+        [("mgcc_50", 0, True)]
+    assert [(s["method"], s["n_seeds"]) for s in res["summary"]] == [("mgcc_50", 1)]
+    assert "were finished by an earlier" in (out / "busi.md").read_text()

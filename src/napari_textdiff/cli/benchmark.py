@@ -36,6 +36,9 @@ def _resumable(p) -> None:
     p.add_argument("--resume", action="store_true",
                    help="reuse the units an earlier run with the same settings finished in "
                         "--out (its NAME.partial.json or NAME.json); more seeds/K may be added")
+    p.add_argument("--finished-only", action="store_true",
+                   help="like --resume, but only report the units already finished (e.g. of a "
+                        "killed run); trains nothing")
 
 
 def _textdiff_opts(p) -> None:
@@ -191,6 +194,10 @@ def _finish(res) -> int:
     return 0
 
 
+def _resume(args) -> dict:
+    return {"resume": args.resume, "finished_only": args.finished_only}
+
+
 def _monuseg(args) -> int:
     from napari_textdiff.core.benchmark.fewshot import MonusegConfig, run_monuseg
 
@@ -205,8 +212,8 @@ def _monuseg(args) -> int:
         "head_preset": "head_preset", "size": "size", "feature_cache_mb": "feature_cache_mb",
         "min_head_steps": "min_head_steps", "device": "device"})
     cfg = MonusegConfig.quick(**over) if args.quick else MonusegConfig(**over)
-    res = _drive(run_monuseg(args.data, args.out, cfg, argv=_command(args),
-                                  resume=args.resume), not args.no_progress)
+    res = _drive(run_monuseg(args.data, args.out, cfg, argv=_command(args), **_resume(args)),
+                 not args.no_progress)
     return _finish(res)
 
 
@@ -221,7 +228,7 @@ def _busi(args) -> int:
                              "batch_unlabeled": "batch_unlabeled",
                              "device": "device"})
     cfg = BusiConfig.quick(**over) if args.quick else BusiConfig(**over)
-    res = _drive(run_busi(args.data, args.out, cfg, argv=_command(args), resume=args.resume),
+    res = _drive(run_busi(args.data, args.out, cfg, argv=_command(args), **_resume(args)),
                  not args.no_progress)
     return _finish(res)
 
@@ -239,7 +246,7 @@ def _xray(args) -> int:
     if args.k is not None:
         over["k"] = [x if x == "all" else int(x) for x in _strs(args.k)]
     cfg = XrayConfig.quick(**over) if args.quick else XrayConfig(**over)
-    res = _drive(run_xray(args.data, args.out, cfg, argv=_command(args), resume=args.resume),
+    res = _drive(run_xray(args.data, args.out, cfg, argv=_command(args), **_resume(args)),
                  not args.no_progress)
     return _finish(res)
 

@@ -97,10 +97,10 @@ def _synthetic_images(cfg: BusiConfig, device):
 
 def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
              should_stop: Callable[[], bool] | None = None, write: bool = True,
-             resume: bool = False):
+             resume: bool = False, finished_only: bool = False):
     """Progress generator; writes ``busi.json``/``.md``/plots; returns the result dict.
     Finished units are saved at once; ``resume`` reuses those of an earlier run in
-    ``out_dir`` (``UnitLog``)."""
+    ``out_dir`` (``UnitLog``); ``finished_only`` reports those and trains nothing more."""
     from ..datasets import load_busi, train_val_split
     from ..device import resolve_device
     from ..metrics import mean_metrics
@@ -131,10 +131,11 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
         synth_rec = {"source": None, "note": "no --synthetic/--ldm given: row skipped"}
     units = [(s, m) for s in cfg.seeds for m in methods]
     record = run_record(argv, dev, cfg.seeds, asdict(cfg), started)
-    log = UnitLog(out, "busi", asdict(cfg), ("method", "seed"), resume, run=record,
-                  persist=write)
+    log = UnitLog(out, "busi", asdict(cfg), ("method", "seed"), resume or finished_only,
+                  run=record, persist=write)
     yield unit_event(0, len(units) + (1 if cfg.ldm else 0), "starting", t0)
-    if cfg.ldm and not all(log.has(m, s) for s, m in units if m == "mgcc_50_synthetic"):
+    if cfg.ldm and not finished_only and not all(log.has(m, s) for s, m in units
+                                                 if m == "mgcc_50_synthetic"):
         from ..diffusion.synthesize import synthesize
         gen = synthesize(cfg.ldm, cfg.n_synthetic, steps=cfg.ldm_steps, seed=cfg.split_seed,
                          device=dev)
@@ -144,12 +145,15 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
         synth_rec = {"source": "ldm", "path": str(cfg.ldm), "n": len(synth),
                      "steps": cfg.ldm_steps,
                      "near_copies": int(sum(p["near_copy"] for p in payloads))}
+        log.extra["synthetic"] = synth_rec
     for i, (seed, method) in enumerate(units):
         old = log.get(method, seed)
         if old is not None:
             yield unit_event(i + 1 + (1 if cfg.ldm else 0), len(units) + (1 if cfg.ldm else 0),
                              f"{method} seed={seed}: iou {old['metrics']['iou']:.3f} (resumed)",
                              t0)
+            continue
+        if finished_only:
             continue
         lab, unl, val, test, rest = split_busi(samples, cfg, seed)
         seed_everything(seed)
@@ -207,7 +211,7 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
                        f"train/test split of {len(samples)} cases, {cfg.val_fraction:.0%} of "
                        f"train held out for checkpoint selection; "
                        f"{cfg.labeled_fraction:.0%} of the rest labeled (per seed)."),
-        "synthetic": synth_rec,
+        "synthetic": synth_rec or log.extra.get("synthetic"),
         "metrics": METRICS[:4],
         "rows": rows,
         "summary": summarize(rows, ["method"], METRICS),

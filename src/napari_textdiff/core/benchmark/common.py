@@ -330,6 +330,7 @@ class UnitLog:
         self.config = config
         self.run = run or {}
         self.persist = persist
+        self.extra: dict = {}          # run-level records to keep with the rows (e.g. synthetic)
         self._rows: dict[tuple, dict] = {}
         self.reused = 0
         self.resumed_from: str | None = None
@@ -360,6 +361,7 @@ class UnitLog:
                                 for k in diff) + "); use another --out or drop --resume")
             for r in rows:
                 self._rows[self._k(r)] = {**r, "resumed": True}
+            self.extra = dict(old.get("extra") or {})
             self.resumed_from = str(p)
             return
 
@@ -384,7 +386,8 @@ class UnitLog:
         if not self.persist:
             return
         write_json({"benchmark": self.final.stem, "run": {**self.run, "config": self.config},
-                    "complete": False, "rows": list(self._rows.values())}, self.path)
+                    "complete": False, "extra": self.extra, "rows": list(self._rows.values())},
+                   self.path)
 
     def rows(self, planned: Sequence[tuple]) -> list[dict]:
         """The rows of the planned units that exist, in plan order."""

@@ -211,10 +211,11 @@ def _labeled(samples, what):
 
 def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
                 should_stop: Callable[[], bool] | None = None, write: bool = True,
-                resume: bool = False):
+                resume: bool = False, finished_only: bool = False):
     """Progress generator; writes ``monuseg.json``/``.md``/plots to ``out_dir`` and returns
     the result dict. Each finished unit is saved at once (``UnitLog``); ``resume`` reuses the
-    units an earlier run in ``out_dir`` finished."""
+    units an earlier run in ``out_dir`` finished; ``finished_only`` reports those and trains
+    nothing more."""
     from ..datasets import kshot, load_monuseg
     from ..device import resolve_device
 
@@ -250,12 +251,14 @@ def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
     units = [(p, k, s, m) for p in cfg.protocols for k in cfg.k for s in cfg.seeds
              for m in cfg.methods]
     record = run_record(argv, dev, cfg.seeds, asdict(cfg), started)
-    log = UnitLog(out, "monuseg", asdict(cfg), ("method", "protocol", "k", "seed"), resume,
+    log = UnitLog(out, "monuseg", asdict(cfg), ("method", "protocol", "k", "seed"), resume or finished_only,
                   run=record, persist=write)
     yield unit_event(0, len(units), "starting", t0)
     try:
         for i, (protocol, k, seed, method) in enumerate(units):
             row = log.get(method, protocol, k, seed)
+            if row is None and finished_only:
+                continue
             if row is None:
                 subset = kshot(train_s, k, seed=seed)
                 train = [load(s) for s in subset]

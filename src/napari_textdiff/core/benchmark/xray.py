@@ -73,10 +73,10 @@ def _shrink(ex, max_side: int):
 
 def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
              should_stop: Callable[[], bool] | None = None, write: bool = True,
-             resume: bool = False):
+             resume: bool = False, finished_only: bool = False):
     """Progress generator; writes ``xray.json``/``.md``/plots; returns the result dict.
     Finished units are saved at once; ``resume`` reuses those of an earlier run in
-    ``out_dir`` (``UnitLog``)."""
+    ``out_dir`` (``UnitLog``); ``finished_only`` reports those and trains nothing more."""
     from ..datasets import kshot, load_xray, train_val_split
     from ..device import resolve_device
     from ..metrics import mean_metrics
@@ -109,7 +109,7 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
     test = [load(s) for s in test_s]
     units = [(k, lab, s, m) for k, lab in zip(ks, cfg.k) for s in cfg.seeds for m in cfg.methods]
     record = run_record(argv, dev, cfg.seeds, asdict(cfg), started)
-    log = UnitLog(out, "xray", asdict(cfg), ("method", "k", "seed"), resume, run=record,
+    log = UnitLog(out, "xray", asdict(cfg), ("method", "k", "seed"), resume or finished_only, run=record,
                   persist=write)
     yield unit_event(0, len(units), "starting", t0)
     try:
@@ -118,6 +118,8 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
             if old is not None:
                 yield unit_event(i + 1, len(units), f"{method} K={k} seed={seed}: dice "
                                  f"{old['metrics']['dice']:.3f} (resumed)", t0)
+                continue
+            if finished_only:
                 continue
             subset = train_s if k == len(train_s) else kshot(train_s, k, seed=seed)
             train = [load(s) for s in subset]
