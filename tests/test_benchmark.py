@@ -341,6 +341,11 @@ def test_killed_run_keeps_finished_units_and_resume_reuses_them(tmp_path):
     again = run(run_busi(data, out, BusiConfig.quick(**{**cfg, "seeds": [0, 1]}), resume=True))
     assert again["resumed"]["units"] == 4
     assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in res["rows"]]
+    # reporting a subset keeps the other units on disk for a later --resume
+    one = run(run_busi(data, out, BusiConfig.quick(**{**cfg, "seeds": [1]}), resume=True))
+    assert {r["seed"] for r in one["rows"]} == {1}
+    kept = json.loads((out / "busi.partial.json").read_text())
+    assert len(kept["rows"]) == 4
     with pytest.raises(ValueError, match="iterations: 3 there, 5 now"):
         run(run_busi(data, out, BusiConfig.quick(**{**cfg, "iterations": 5}), resume=True))
 

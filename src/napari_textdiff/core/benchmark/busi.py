@@ -197,7 +197,8 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
                          f"{method} seed={seed}: iou {metrics['iou']:.3f}", t0)
         if should_stop is not None and should_stop():
             break
-    rows = log.rows([(m, s) for s, m in units])
+    planned = [(m, s) for s, m in units]
+    rows = log.rows(planned)
     _, _, val0, test0, rest0 = split_busi(samples, cfg, cfg.seeds[0])
     res = {
         "benchmark": "busi",
@@ -220,5 +221,5 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
     if write:
         from .report import write_outputs
         res["files"] = write_outputs(res, out)
-        log.finish()
+        log.finish(planned)
     return res

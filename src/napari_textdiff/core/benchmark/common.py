@@ -380,11 +380,13 @@ class UnitLog:
 
     def add(self, row: dict) -> None:
         """Record a finished unit and rewrite the partial file (atomically)."""
+        self._rows[self._k(row)] = row
+        if self.persist:
+            self._write()
+
+    def _write(self) -> None:
         from .report import write_json
 
-        self._rows[self._k(row)] = row
-        if not self.persist:
-            return
         write_json({"benchmark": self.final.stem, "run": {**self.run, "config": self.config},
                     "complete": False, "extra": self.extra, "rows": list(self._rows.values())},
                    self.path)
@@ -393,7 +395,12 @@ class UnitLog:
         """The rows of the planned units that exist, in plan order."""
         return [self._rows[k] for k in planned if k in self._rows]
 
-    def finish(self) -> None:
-        """The final JSON is written: the partial file is no longer needed."""
-        if self.persist:
+    def finish(self, planned: Sequence[tuple]) -> None:
+        """The final JSON (the ``planned`` units) is written: the partial file goes, unless it
+        holds units outside this plan (e.g. other K values), which a later --resume needs."""
+        if not self.persist:
+            return
+        if set(self._rows) <= set(planned):
             self.path.unlink(missing_ok=True)
+        else:
+            self._write()

@@ -276,7 +276,8 @@ def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
         memo_stats = variants.memo.stats() if variants else None
         if variants is not None:
             variants.close()
-    rows = log.rows([(m, p, k, s) for p, k, s, m in units])
+    planned = [(m, p, k, s) for p, k, s, m in units]
+    rows = log.rows(planned)
     result = {
         "benchmark": "monuseg",
         "run": record,
@@ -295,5 +296,5 @@ def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
     if write:
         from .report import write_outputs
         result["files"] = write_outputs(result, out)
-        log.finish()
+        log.finish(planned)
     return result

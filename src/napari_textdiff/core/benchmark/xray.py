@@ -145,7 +145,8 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
     finally:
         memo = variants.memo.stats()
         variants.close()
-    rows = log.rows([(m, k, s) for k, _, s, m in units])
+    planned = [(m, k, s) for k, _, s, m in units]
+    rows = log.rows(planned)
     res = {
         "benchmark": "xray",
         "run": record,
@@ -166,5 +167,5 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
     if write:
         from .report import write_outputs
         res["files"] = write_outputs(res, out)
-        log.finish()
+        log.finish(planned)
     return res
