@@ -20,12 +20,16 @@ def shipped_models(monkeypatch):
     return defaults.models_dir()
 
 
-@pytest.mark.parametrize("modality", list(defaults.MODALITIES))
-def test_bundled_model_loads_and_segments_its_sample(shipped_models, modality):
+BUNDLED = [(m, f) for m, d in defaults.MODALITIES.items() for f in (d.model_file, *d.extra_models)]
+
+
+@pytest.mark.parametrize("modality,filename", BUNDLED)
+def test_bundled_model_loads_and_segments_its_sample(shipped_models, modality, filename):
     from napari_textdiff.core.models import load_model
 
-    path = defaults.default_model_path(modality)
-    assert path is not None, defaults.missing_model_message(modality)
+    path = shipped_models / filename
+    assert path.is_file(), defaults.missing_model_message(modality)
+    assert defaults.bundled_models(modality)[0] == defaults.default_model_path(modality)
     assert path.stat().st_size < 25e6
     model = load_model(path, device="cpu")
     img_path, info = sample_path(modality)

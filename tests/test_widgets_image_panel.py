@@ -38,7 +38,7 @@ def test_description_follows_selection_and_reaches_labels(viewer):
     b.metadata["modality"] = "ultrasound"
     viewer.layers.selection.active = b
     assert panel.modality.currentData() == "ultrasound"
-    assert "does not use text" in panel.description.placeholderText()
+    assert "MGCC model ignores text" in panel.description.placeholderText()
     viewer.layers.selection.clear()
     assert not panel.description.isEnabled()
 

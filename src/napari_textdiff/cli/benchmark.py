@@ -91,6 +91,8 @@ def register(sub) -> None:
     g.add_argument("--synthetic", default=None, help="folder of synthetic images")
     g.add_argument("--ldm", default=None, help="latent diffusion folder to sample them from")
     b.add_argument("--n-synthetic", type=int, default=None, help="images to sample with --ldm")
+    b.add_argument("--ldm-steps", type=int, default=None,
+                   help="DDIM steps per sampled image (default 50)")
     b.add_argument("--iterations", type=int, default=None, help="training iterations")
     b.add_argument("--width", type=float, default=None, help="MGCC / U-Net width multiplier")
     b.add_argument("--batch-labeled", type=int, default=None, help="labeled images per step")
@@ -222,7 +224,8 @@ def _busi(args) -> int:
 
     _setup(args)
     over = _overrides(args, {"seeds": "seeds", "synthetic": "synthetic", "ldm": "ldm",
-                             "n_synthetic": "n_synthetic", "iterations": "iterations",
+                             "n_synthetic": "n_synthetic", "ldm_steps": "ldm_steps",
+                             "iterations": "iterations",
                              "width": "width", "size": "size", "max_images": "max_images",
                              "batch_labeled": "batch_labeled",
                              "batch_unlabeled": "batch_unlabeled",

@@ -126,7 +126,8 @@ def _summary_table(res: dict, keys: list[str], settings: list[str]) -> list[str]
             v = s.get(st)
             cells.append(PROTOCOL_LABELS.get(v, str(v)).format(size=size) if st == "protocol"
                          else str(v))
-        cells += [_pct(s.get(k), s.get(f"{k}_std")) for k in keys]
+        one = s.get("n_seeds", 0) < 2           # no spread to show from a single seed
+        cells += [_pct(s.get(k), None if one else s.get(f"{k}_std")) for k in keys]
         cells.append(f"{s['n_seeds']} × {s['n_images'] // max(1, s['n_seeds'])}")
         if show_paper:
             pr = prow.get(s["method"], {})
@@ -157,6 +158,10 @@ def _run_lines(res: dict) -> list[str]:
         lines.append(f"- resumed: {res['resumed']['units']} of {len(res.get('rows', []))} runs "
                      "were finished by an earlier, interrupted invocation with the same settings "
                      "(`--resume`)")
+    secs = [r["train_seconds"] for r in res.get("rows", []) if r.get("train_seconds")]
+    if secs:
+        lines.append(f"- training time summed over the {len(secs)} runs: "
+                     f"{sum(secs) / 60:.1f} min (evaluation not included)")
     return lines
 
 
