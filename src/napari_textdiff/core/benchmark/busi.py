@@ -203,7 +203,7 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
     res = {
         "benchmark": "busi",
         "run": record,
-        "resumed": {"from": log.resumed_from, "units": log.reused} if log.reused else None,
+        "resumed": log.resumed_record(),
         "data": {"folder": str(Path(data).resolve()), "n_cases": len(samples),
                  "n_train": len(rest0), "n_val": len(val0), "n_test": len(test0),
                  "test_images": [s.name for s in test0]},

@@ -391,6 +391,10 @@ class UnitLog:
                     "complete": False, "extra": self.extra, "rows": list(self._rows.values())},
                    self.path)
 
+    def resumed_record(self) -> dict | None:
+        """What the result JSON says about reused units (None when nothing was reused)."""
+        return {"from": self.resumed_from, "units": self.reused} if self.reused else None
+
     def rows(self, planned: Sequence[tuple]) -> list[dict]:
         """The rows of the planned units that exist, in plan order."""
         return [self._rows[k] for k in planned if k in self._rows]

@@ -251,8 +251,8 @@ def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
     units = [(p, k, s, m) for p in cfg.protocols for k in cfg.k for s in cfg.seeds
              for m in cfg.methods]
     record = run_record(argv, dev, cfg.seeds, asdict(cfg), started)
-    log = UnitLog(out, "monuseg", asdict(cfg), ("method", "protocol", "k", "seed"), resume or finished_only,
-                  run=record, persist=write)
+    log = UnitLog(out, "monuseg", asdict(cfg), ("method", "protocol", "k", "seed"),
+                  resume or finished_only, run=record, persist=write)
     yield unit_event(0, len(units), "starting", t0)
     try:
         for i, (protocol, k, seed, method) in enumerate(units):
@@ -281,7 +281,7 @@ def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
     result = {
         "benchmark": "monuseg",
         "run": record,
-        "resumed": {"from": log.resumed_from, "units": log.reused} if log.reused else None,
+        "resumed": log.resumed_record(),
         "backbone": bb_rec,
         "text_encoder": (variants.text_ref if variants and variants.encoder else None),
         "data": {"folder": str(Path(data).resolve()), "train_split": cfg.train_split,

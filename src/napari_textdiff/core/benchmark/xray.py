@@ -109,8 +109,8 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
     test = [load(s) for s in test_s]
     units = [(k, lab, s, m) for k, lab in zip(ks, cfg.k) for s in cfg.seeds for m in cfg.methods]
     record = run_record(argv, dev, cfg.seeds, asdict(cfg), started)
-    log = UnitLog(out, "xray", asdict(cfg), ("method", "k", "seed"), resume or finished_only, run=record,
-                  persist=write)
+    log = UnitLog(out, "xray", asdict(cfg), ("method", "k", "seed"), resume or finished_only,
+                  run=record, persist=write)
     yield unit_event(0, len(units), "starting", t0)
     try:
         for i, (k, k_label, seed, method) in enumerate(units):
@@ -150,7 +150,7 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
     res = {
         "benchmark": "xray",
         "run": record,
-        "resumed": {"from": log.resumed_from, "units": log.reused} if log.reused else None,
+        "resumed": log.resumed_record(),
         "backbone": bb_rec,
         "text_encoder": variants.text_ref if variants.encoder else None,
         "data": {"folder": str(Path(data).resolve()), "target": cfg.target,
