@@ -370,3 +370,35 @@ def test_finished_only_reports_a_killed_run_without_training(tmp_path):
         [("mgcc_50", 0, True)]
     assert [(s["method"], s["n_seeds"]) for s in res["summary"]] == [("mgcc_50", 1)]
     assert "were finished by an earlier" in (out / "busi.md").read_text()
+
+
+def test_merge_joins_a_grid_split_over_two_folders(tmp_path):
+    """Two processes run disjoint seeds in their own folders; --finished-only --merge reports
+    the union without training, and a folder run with other settings is refused."""
+    from napari_textdiff.cli import main
+    from napari_textdiff.core.benchmark.busi import BusiConfig, run_busi
+    from napari_textdiff.core.progress import run
+
+    data = make_busi(tmp_path / "busi")
+    cfg = dict(methods=["unet_full"], size=32, iterations=3, device="cpu")
+    a = run(run_busi(data, tmp_path / "a", BusiConfig.quick(seeds=[0], **cfg)))
+    b = run(run_busi(data, tmp_path / "b", BusiConfig.quick(seeds=[1], **cfg)))
+    out = tmp_path / "all"
+    assert main(["benchmark", "busi", "--data", str(data), "--quick", "--out", str(out),
+                 "--size", "32", "--iterations", "3", "--seeds", "0,1", "--threads", "1",
+                 "--no-progress", "--device", "cpu", "--finished-only",
+                 "--merge", str(tmp_path / "a"), "--merge", str(tmp_path / "b")]) == 0
+    res = json.loads((out / "busi.json").read_text())
+    got = {(r["method"], r["seed"]): r["metrics"] for r in res["rows"]}
+    assert got[("unet_full", 0)] == a["rows"][0]["metrics"]
+    assert got[("unet_full", 1)] == b["rows"][0]["metrics"]
+    assert res["resumed"]["units"] == 2 and len(res["resumed"]["from"]) == 2
+    assert "merged from 2 output folders" in (out / "busi.md").read_text()
+
+    run(run_busi(data, tmp_path / "c", BusiConfig.quick(seeds=[0], **{**cfg, "iterations": 4})))
+    with pytest.raises(ValueError, match="iterations: 4 there, 3 now"):
+        run(run_busi(data, out, BusiConfig.quick(seeds=[0, 1], **cfg),
+                     merge_from=[tmp_path / "c"]))
+    with pytest.raises(ValueError, match="holds no busi.json"):
+        run(run_busi(data, out, BusiConfig.quick(seeds=[0, 1], **cfg),
+                     merge_from=[tmp_path / "busi"]))

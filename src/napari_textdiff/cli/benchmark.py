@@ -39,6 +39,9 @@ def _resumable(p) -> None:
     p.add_argument("--finished-only", action="store_true",
                    help="like --resume, but only report the units already finished (e.g. of a "
                         "killed run); trains nothing")
+    p.add_argument("--merge", action="append", default=[], metavar="DIR",
+                   help="also reuse the units finished in another output folder with the same "
+                        "settings (a grid split over processes or machines); repeatable")
 
 
 def _textdiff_opts(p) -> None:
@@ -197,7 +200,8 @@ def _finish(res) -> int:
 
 
 def _resume(args) -> dict:
-    return {"resume": args.resume, "finished_only": args.finished_only}
+    return {"resume": args.resume, "finished_only": args.finished_only,
+            "merge_from": args.merge}
 
 
 def _monuseg(args) -> int:

@@ -97,10 +97,12 @@ def _synthetic_images(cfg: BusiConfig, device):
 
 def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
              should_stop: Callable[[], bool] | None = None, write: bool = True,
-             resume: bool = False, finished_only: bool = False):
+             resume: bool = False, finished_only: bool = False,
+             merge_from=()):
     """Progress generator; writes ``busi.json``/``.md``/plots; returns the result dict.
     Finished units are saved at once; ``resume`` reuses those of an earlier run in
-    ``out_dir`` (``UnitLog``); ``finished_only`` reports those and trains nothing more."""
+    ``out_dir`` (``UnitLog``), ``merge_from`` also those of other output folders;
+    ``finished_only`` reports those and trains nothing more."""
     from ..datasets import load_busi, train_val_split
     from ..device import resolve_device
     from ..metrics import mean_metrics
@@ -132,7 +134,8 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
     units = [(s, m) for s in cfg.seeds for m in methods]
     record = run_record(argv, dev, cfg.seeds, asdict(cfg), started)
     log = UnitLog(out, "busi", asdict(cfg), ("method", "seed"), resume or finished_only,
-                  run=record, persist=write)
+                  run=record, persist=write,
+                  merge_from=merge_from)
     yield unit_event(0, len(units) + (1 if cfg.ldm else 0), "starting", t0)
     if cfg.ldm and not finished_only and not all(log.has(m, s) for s, m in units
                                                  if m == "mgcc_50_synthetic"):

@@ -316,13 +316,15 @@ class UnitLog:
     final ``NAME.json``) are reused when every setting that changes a result agrees; the
     swept lists (``SWEEP``: K values, seeds, methods, protocols) may differ, so a run can be
     extended with more seeds or K values. Settings that disagree raise a ``ValueError`` naming
-    them rather than mixing incomparable rows.
+    them rather than mixing incomparable rows. ``merge_from`` adds the finished units of other
+    output folders (the same grid split over processes or machines); a unit found twice keeps
+    its first copy (own folder first, then ``merge_from`` in order).
     """
 
     SWEEP = ("k", "seeds", "methods", "protocols", "device")
 
     def __init__(self, out_dir, name: str, config: dict, key: Sequence[str], resume: bool = False,
-                 run: dict | None = None, persist: bool = True):
+                 run: dict | None = None, persist: bool = True, merge_from: Sequence = ()):
         self.out = Path(out_dir)
         self.path = self.out / f"{name}.partial.json"
         self.final = self.out / f"{name}.json"
@@ -333,17 +335,26 @@ class UnitLog:
         self.extra: dict = {}          # run-level records to keep with the rows (e.g. synthetic)
         self._rows: dict[tuple, dict] = {}
         self.reused = 0
-        self.resumed_from: str | None = None
+        self.resumed_from: list[str] = []
+        self.duplicates = 0
         if resume:
-            self._load()
+            self._load(self.out)
+        for other in merge_from:
+            other = Path(other)
+            if not other.is_dir():
+                raise ValueError(f"--merge: {other} is not a folder")
+            if other.resolve() != self.out.resolve() and not self._load(other):
+                raise ValueError(f"--merge: {other} holds no {self.final.name} or "
+                                 f"{self.path.name}")
 
     def _fixed(self, cfg: dict) -> dict:
         return {k: v for k, v in cfg.items() if k not in self.SWEEP}
 
-    def _load(self) -> None:
+    def _load(self, folder: Path) -> bool:
+        """Reuse the rows of ``folder``'s partial file, else its final file; True if found."""
         import json
 
-        for p in (self.path, self.final):
+        for p in (folder / self.path.name, folder / self.final.name):
             if not p.is_file():
                 continue
             try:
@@ -360,10 +371,14 @@ class UnitLog:
                     + ", ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} now"
                                 for k in diff) + "); use another --out or drop --resume")
             for r in rows:
-                self._rows[self._k(r)] = {**r, "resumed": True}
-            self.extra = dict(old.get("extra") or {})
-            self.resumed_from = str(p)
-            return
+                if self._k(r) in self._rows:
+                    self.duplicates += 1
+                else:
+                    self._rows[self._k(r)] = {**r, "resumed": True}
+            self.extra = {**dict(old.get("extra") or {}), **self.extra}
+            self.resumed_from.append(str(p))
+            return True
+        return False
 
     def _k(self, row: dict) -> tuple:
         return tuple(row[k] for k in self.key)
@@ -393,7 +408,13 @@ class UnitLog:
 
     def resumed_record(self) -> dict | None:
         """What the result JSON says about reused units (None when nothing was reused)."""
-        return {"from": self.resumed_from, "units": self.reused} if self.reused else None
+        if not self.reused:
+            return None
+        rec = {"from": self.resumed_from[0] if len(self.resumed_from) == 1
+               else self.resumed_from, "units": self.reused}
+        if self.duplicates:
+            rec["duplicates_ignored"] = self.duplicates
+        return rec
 
     def rows(self, planned: Sequence[tuple]) -> list[dict]:
         """The rows of the planned units that exist, in plan order."""

@@ -211,11 +211,12 @@ def _labeled(samples, what):
 
 def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
                 should_stop: Callable[[], bool] | None = None, write: bool = True,
-                resume: bool = False, finished_only: bool = False):
+                resume: bool = False, finished_only: bool = False,
+                merge_from=()):
     """Progress generator; writes ``monuseg.json``/``.md``/plots to ``out_dir`` and returns
     the result dict. Each finished unit is saved at once (``UnitLog``); ``resume`` reuses the
-    units an earlier run in ``out_dir`` finished; ``finished_only`` reports those and trains
-    nothing more."""
+    units an earlier run in ``out_dir`` finished, ``merge_from`` also those of other output
+    folders; ``finished_only`` reports those and trains nothing more."""
     from ..datasets import kshot, load_monuseg
     from ..device import resolve_device
 
@@ -252,7 +253,8 @@ def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
              for m in cfg.methods]
     record = run_record(argv, dev, cfg.seeds, asdict(cfg), started)
     log = UnitLog(out, "monuseg", asdict(cfg), ("method", "protocol", "k", "seed"),
-                  resume or finished_only, run=record, persist=write)
+                  resume or finished_only, run=record, persist=write,
+                  merge_from=merge_from)
     yield unit_event(0, len(units), "starting", t0)
     try:
         for i, (protocol, k, seed, method) in enumerate(units):

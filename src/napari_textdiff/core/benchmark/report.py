@@ -155,9 +155,13 @@ def _run_lines(res: dict) -> list[str]:
     if res.get("split_note"):
         lines.append(f"- split: {res['split_note']}")
     if res.get("resumed"):
+        src = res["resumed"].get("from")
+        n_src = len(src) if isinstance(src, list) else 1
         lines.append(f"- resumed: {res['resumed']['units']} of {len(res.get('rows', []))} runs "
-                     "were finished by an earlier, interrupted invocation with the same settings "
-                     "(`--resume`)")
+                     + ("were finished by an earlier, interrupted invocation with the same "
+                        "settings (`--resume`)" if n_src == 1 else
+                        f"were finished by earlier invocations with the same settings, "
+                        f"merged from {n_src} output folders (`--resume`/`--merge`)"))
     secs = [r["train_seconds"] for r in res.get("rows", []) if r.get("train_seconds")]
     if secs:
         lines.append(f"- training time summed over the {len(secs)} runs: "

@@ -73,10 +73,12 @@ def _shrink(ex, max_side: int):
 
 def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
              should_stop: Callable[[], bool] | None = None, write: bool = True,
-             resume: bool = False, finished_only: bool = False):
+             resume: bool = False, finished_only: bool = False,
+             merge_from=()):
     """Progress generator; writes ``xray.json``/``.md``/plots; returns the result dict.
     Finished units are saved at once; ``resume`` reuses those of an earlier run in
-    ``out_dir`` (``UnitLog``); ``finished_only`` reports those and trains nothing more."""
+    ``out_dir`` (``UnitLog``), ``merge_from`` also those of other output folders;
+    ``finished_only`` reports those and trains nothing more."""
     from ..datasets import kshot, load_xray, train_val_split
     from ..device import resolve_device
     from ..metrics import mean_metrics
@@ -110,7 +112,8 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
     units = [(k, lab, s, m) for k, lab in zip(ks, cfg.k) for s in cfg.seeds for m in cfg.methods]
     record = run_record(argv, dev, cfg.seeds, asdict(cfg), started)
     log = UnitLog(out, "xray", asdict(cfg), ("method", "k", "seed"), resume or finished_only,
-                  run=record, persist=write)
+                  run=record, persist=write,
+                  merge_from=merge_from)
     yield unit_event(0, len(units), "starting", t0)
     try:
         for i, (k, k_label, seed, method) in enumerate(units):
