@@ -402,3 +402,16 @@ def test_merge_joins_a_grid_split_over_two_folders(tmp_path):
     with pytest.raises(ValueError, match="holds no busi.json"):
         run(run_busi(data, out, BusiConfig.quick(seeds=[0, 1], **cfg),
                      merge_from=[tmp_path / "busi"]))
+
+
+def test_unit_log_ignores_speed_only_settings_but_not_result_settings(tmp_path):
+    from napari_textdiff.core.benchmark.common import UnitLog
+
+    cfg = {"epochs": 10, "seeds": [0], "device": "cpu", "feature_cache_mb": 2048}
+    log = UnitLog(tmp_path, "x", cfg, ("method", "seed"))
+    log.add({"method": "m", "seed": 0, "metrics": {"dice": 0.5}})
+    faster = {**cfg, "seeds": [0, 1], "device": "cuda", "feature_cache_mb": 12000}
+    again = UnitLog(tmp_path, "x", faster, ("method", "seed"), resume=True)
+    assert again.get("m", 0)["metrics"] == {"dice": 0.5} and again.get("m", 1) is None
+    with pytest.raises(ValueError, match="epochs: 10 there, 20 now"):
+        UnitLog(tmp_path, "x", {**cfg, "epochs": 20}, ("method", "seed"), resume=True)

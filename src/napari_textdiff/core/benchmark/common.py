@@ -314,14 +314,15 @@ class UnitLog:
 
     With ``resume`` the rows of an earlier run in the same folder (its partial file, else its
     final ``NAME.json``) are reused when every setting that changes a result agrees; the
-    swept lists (``SWEEP``: K values, seeds, methods, protocols) may differ, so a run can be
+    swept lists (``SWEEP``: K values, seeds, methods, protocols) and the settings that only
+    change speed (device, feature cache size) may differ, so a run can be
     extended with more seeds or K values. Settings that disagree raise a ``ValueError`` naming
     them rather than mixing incomparable rows. ``merge_from`` adds the finished units of other
     output folders (the same grid split over processes or machines); a unit found twice keeps
     its first copy (own folder first, then ``merge_from`` in order).
     """
 
-    SWEEP = ("k", "seeds", "methods", "protocols", "device")
+    SWEEP = ("k", "seeds", "methods", "protocols", "device", "feature_cache_mb")
 
     def __init__(self, out_dir, name: str, config: dict, key: Sequence[str], resume: bool = False,
                  run: dict | None = None, persist: bool = True, merge_from: Sequence = ()):
