@@ -382,12 +382,16 @@ def test_merge_joins_a_grid_split_over_two_folders(tmp_path):
     data = make_busi(tmp_path / "busi")
     cfg = dict(methods=["unet_full"], size=32, iterations=3, device="cpu")
     a = run(run_busi(data, tmp_path / "a", BusiConfig.quick(seeds=[0], **cfg)))
-    b = run(run_busi(data, tmp_path / "b", BusiConfig.quick(seeds=[1], **cfg)))
+    common = ["--data", str(data), "--quick", "--size", "32", "--iterations", "3",
+              "--threads", "1", "--no-progress", "--device", "cpu"]
+    assert main(["benchmark", "busi", *common, "--out", str(tmp_path / "b"),
+                 "--methods", "unet_full", "--seeds", "1"]) == 0
+    b = json.loads((tmp_path / "b" / "busi.json").read_text())
+    assert [(r["method"], r["seed"]) for r in b["rows"]] == [("unet_full", 1)]
     out = tmp_path / "all"
-    assert main(["benchmark", "busi", "--data", str(data), "--quick", "--out", str(out),
-                 "--size", "32", "--iterations", "3", "--seeds", "0,1", "--threads", "1",
-                 "--no-progress", "--device", "cpu", "--finished-only",
-                 "--merge", str(tmp_path / "a"), "--merge", str(tmp_path / "b")]) == 0
+    assert main(["benchmark", "busi", *common, "--out", str(out), "--seeds", "0,1",
+                 "--finished-only", "--merge", str(tmp_path / "a"),
+                 "--merge", str(tmp_path / "b")]) == 0
     res = json.loads((out / "busi.json").read_text())
     got = {(r["method"], r["seed"]): r["metrics"] for r in res["rows"]}
     assert got[("unet_full", 0)] == a["rows"][0]["metrics"]

@@ -96,6 +96,8 @@ def register(sub) -> None:
     b.add_argument("--n-synthetic", type=int, default=None, help="images to sample with --ldm")
     b.add_argument("--ldm-steps", type=int, default=None,
                    help="DDIM steps per sampled image (default 50)")
+    b.add_argument("--methods", type=_strs, default=None,
+                   help="mgcc_50,mgcc_50_synthetic,unet_full (default all)")
     b.add_argument("--iterations", type=int, default=None, help="training iterations")
     b.add_argument("--width", type=float, default=None, help="MGCC / U-Net width multiplier")
     b.add_argument("--batch-labeled", type=int, default=None, help="labeled images per step")
@@ -112,6 +114,8 @@ def register(sub) -> None:
     x.add_argument("--data", required=True, help="X-ray folder (images/, structure.csv, ...)")
     x.add_argument("--k", default=None, help="K values, integers or 'all' (default 5,all)")
     x.add_argument("--test-fraction", type=float, default=None)
+    x.add_argument("--methods", type=_strs, default=None,
+                   help="textdiff_notes,textdiff_no_notes (default both)")
     _textdiff_opts(x)
     _common(x, "benchmark_results")
     _resumable(x)
@@ -227,7 +231,8 @@ def _busi(args) -> int:
     from napari_textdiff.core.benchmark.busi import BusiConfig, run_busi
 
     _setup(args)
-    over = _overrides(args, {"seeds": "seeds", "synthetic": "synthetic", "ldm": "ldm",
+    over = _overrides(args, {"seeds": "seeds", "methods": "methods",
+                             "synthetic": "synthetic", "ldm": "ldm",
                              "n_synthetic": "n_synthetic", "ldm_steps": "ldm_steps",
                              "iterations": "iterations",
                              "width": "width", "size": "size", "max_images": "max_images",
@@ -244,7 +249,8 @@ def _xray(args) -> int:
     from napari_textdiff.core.benchmark.xray import XrayConfig, run_xray
 
     _setup(args)
-    over = _overrides(args, {"seeds": "seeds", "test_fraction": "test_fraction",
+    over = _overrides(args, {"seeds": "seeds", "methods": "methods",
+                             "test_fraction": "test_fraction",
                              "backbone": "backbone", "backbone_preset": "backbone_preset",
                              "text_encoder": "text_encoder", "head_preset": "head_preset",
                              "epochs": "epochs", "size": "size",
