@@ -183,8 +183,8 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
             n_lab, n_unl = len(lab), len(unl_imgs)
         train_seconds = time.monotonic() - t1
         test_ex = [load(s) for s in test]
-        per = evaluate_predictions(lambda ex: model.predict_proba(ex.image, mode="resize"),
-                                   test_ex)
+        per = yield from evaluate_predictions(
+            lambda ex: model.predict_proba(ex.image, mode="resize"), test_ex)
         for r, s in zip(per, test):
             r["class"] = s.meta.get("class")
         metrics = mean_metrics([{k: r[k] for k in METRICS} for r in per])

@@ -194,7 +194,7 @@ def fit_and_evaluate(method: str, protocol: str, train, test, cfg, variants, see
             return model.predict_proba(ex.image, mode=mode, overlap=cfg.tile_overlap)
     train_seconds = time.monotonic() - t0
     t1 = time.monotonic()
-    per_image = evaluate_predictions(predict, test)
+    per_image = yield from evaluate_predictions(predict, test)
     predict_seconds = (time.monotonic() - t1) / max(1, len(test))
     metrics = mean_metrics([{k: v for k, v in r.items() if k != "name"} for r in per_image])
     return {"seed": seed, "train_images": [e.name for e in train], "metrics": metrics,

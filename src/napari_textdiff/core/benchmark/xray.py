@@ -134,7 +134,8 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
                                     seed=seed, resize_to=cfg.size)
             hist = yield from model.fit(train, None, should_stop=should_stop)
             train_seconds = time.monotonic() - t1
-            per = evaluate_predictions(lambda ex: model.predict_proba(ex.image, ex.text), test)
+            per = yield from evaluate_predictions(
+                lambda ex: model.predict_proba(ex.image, ex.text), test)
             metrics = mean_metrics([{k2: v for k2, v in r.items() if k2 != "name"} for r in per])
             log.add({"method": method, "k": k, "k_label": str(k_label), "seed": seed,
                          "train_images": [e.name for e in train], "metrics": metrics,
