@@ -219,23 +219,34 @@ def _plt():
 def plot_metric_vs_k(res: dict, metric: str, path) -> Path | None:
     plt = _plt()
     protos = sorted({s.get("protocol", "") for s in res["summary"]})
-    fig, axes = plt.subplots(1, len(protos), figsize=(5.5 * len(protos), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(protos), figsize=(5.5 * len(protos), 4.6), squeeze=False)
+    legend: dict = {}
     for ax, proto in zip(axes[0], protos):
         rows = [s for s in res["summary"] if s.get("protocol", "") == proto]
-        for m in dict.fromkeys(s["method"] for s in rows):
+        ks = sorted({s["k"] for s in rows if isinstance(s.get("k"), int)})
+        for i, m in enumerate(dict.fromkeys(s["method"] for s in res["summary"])):
             pts = sorted((s["k"], s[metric], s[f"{metric}_std"]) for s in rows
                          if s["method"] == m and isinstance(s.get("k"), int))
             if not pts:
                 continue
             k, v, e = map(np.array, zip(*pts))
-            ax.errorbar(k, 100 * v, yerr=100 * e, marker="o", capsize=3, label=_label(m))
+            legend[_label(m)] = ax.errorbar(k, 100 * v, yerr=100 * e, marker="o", capsize=3,
+                                            color=f"C{i}")
+        # K grows geometrically (1, 2, 5, 10): a log axis spaces it evenly, ticks at the K run
+        ax.set_xscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
+        if ks:
+            ax.set_xlim(ks[0] / 1.4, ks[-1] * 1.4)
         ax.set_xlabel("K (training images)")
         ax.set_ylabel(f"{metric} %")
         size = res.get("run", {}).get("config", {}).get("size", 256)
         ax.set_title(PROTOCOL_LABELS.get(proto, proto).format(size=size) or res["benchmark"])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    # one legend under the panels, so it never hides a point
+    fig.legend(list(legend.values()), list(legend), loc="lower center", fontsize=7,
+               ncol=min(3, max(1, len(legend))), frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(legend) + 2) // 3), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
