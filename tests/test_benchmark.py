@@ -392,6 +392,9 @@ def test_merge_joins_a_grid_split_over_two_folders(tmp_path):
     assert main(["benchmark", "busi", *common, "--out", str(out), "--seeds", "0,1",
                  "--finished-only", "--merge", str(tmp_path / "a"),
                  "--merge", str(tmp_path / "b")]) == 0
+    # the command recorded in the result runs as it is (comma-joined folders)
+    assert f"--merge {tmp_path / 'a'},{tmp_path / 'b'}" in json.loads(
+        (out / "busi.json").read_text())["run"]["command"]
     res = json.loads((out / "busi.json").read_text())
     got = {(r["method"], r["seed"]): r["metrics"] for r in res["rows"]}
     assert got[("unet_full", 0)] == a["rows"][0]["metrics"]
@@ -436,3 +439,19 @@ def test_evaluation_reports_progress_per_image_and_returns_the_metrics():
     assert [(e.stage, e.step, e.total) for e in events] == [("evaluate", i, 3) for i in (1, 2, 3)]
     assert [r["name"] for r in rows] == ["im0", "im1", "im2"]
     assert [r["dice"] for r in rows] == pytest.approx([1.0, 1.0, 0.0], abs=1e-4)
+
+
+def test_unit_log_keeps_run_records_of_finished_files_it_merges(tmp_path):
+    """A final NAME.json keeps run-level records (BUSI's synthetic set) at top level; merging
+    it must not lose them."""
+    from napari_textdiff.core.benchmark.common import UnitLog
+
+    cfg = {"iterations": 3, "seeds": [0]}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.json").write_text(json.dumps(
+        {"run": {"config": cfg}, "synthetic": {"source": "ldm", "n": 4},
+         "rows": [{"method": "m", "seed": 0, "metrics": {"iou": 0.3}}]}))
+    log = UnitLog(tmp_path / "out", "x", cfg, ("method", "seed"),
+                  merge_from=[tmp_path / "a"], extra_keys=("synthetic",))
+    assert log.extra == {"synthetic": {"source": "ldm", "n": 4}}
+    assert log.get("m", 0)["metrics"] == {"iou": 0.3}

@@ -39,8 +39,8 @@ def _resumable(p) -> None:
     p.add_argument("--finished-only", action="store_true",
                    help="like --resume, but only report the units already finished (e.g. of a "
                         "killed run); trains nothing")
-    p.add_argument("--merge", action="append", default=[], metavar="DIR",
-                   help="also reuse the units finished in another output folder with the same "
+    p.add_argument("--merge", type=_strs, action="extend", default=[], metavar="DIR[,DIR]",
+                   help="also reuse the units finished in other output folders with the same "
                         "settings (a grid split over processes or machines); repeatable")
 
 

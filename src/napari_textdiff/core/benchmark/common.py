@@ -331,7 +331,8 @@ class UnitLog:
     SWEEP = ("k", "seeds", "methods", "protocols", "device", "feature_cache_mb")
 
     def __init__(self, out_dir, name: str, config: dict, key: Sequence[str], resume: bool = False,
-                 run: dict | None = None, persist: bool = True, merge_from: Sequence = ()):
+                 run: dict | None = None, persist: bool = True, merge_from: Sequence = (),
+                 extra_keys: Sequence[str] = ()):
         self.out = Path(out_dir)
         self.path = self.out / f"{name}.partial.json"
         self.final = self.out / f"{name}.json"
@@ -340,6 +341,7 @@ class UnitLog:
         self.run = run or {}
         self.persist = persist
         self.extra: dict = {}          # run-level records to keep with the rows (e.g. synthetic)
+        self.extra_keys = tuple(extra_keys)   # ...which a final NAME.json keeps at top level
         self._rows: dict[tuple, dict] = {}
         self.reused = 0
         self.resumed_from: list[str] = []
@@ -382,7 +384,10 @@ class UnitLog:
                     self.duplicates += 1
                 else:
                     self._rows[self._k(r)] = {**r, "resumed": True}
-            self.extra = {**dict(old.get("extra") or {}), **self.extra}
+            found = dict(old.get("extra") or {})
+            found.update({k: old[k] for k in self.extra_keys
+                          if k not in found and old.get(k) is not None})
+            self.extra = {**found, **self.extra}
             self.resumed_from.append(str(p))
             return True
         return False
