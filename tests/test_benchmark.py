@@ -388,6 +388,7 @@ def test_merge_joins_a_grid_split_over_two_folders(tmp_path):
                  "--methods", "unet_full", "--seeds", "1"]) == 0
     b = json.loads((tmp_path / "b" / "busi.json").read_text())
     assert [(r["method"], r["seed"]) for r in b["rows"]] == [("unet_full", 1)]
+    assert "--merge" not in b["run"]["command"]   # an unused option is not recorded as ''
     out = tmp_path / "all"
     assert main(["benchmark", "busi", *common, "--out", str(out), "--seeds", "0,1",
                  "--finished-only", "--merge", str(tmp_path / "a"),

@@ -180,6 +180,8 @@ def _command(args) -> list[str]:
     for key, val in vars(args).items():
         if key in ("func", "command", "benchmark_command") or val is None or val is False:
             continue
+        if isinstance(val, (list, tuple)) and not val:   # an unused repeatable option
+            continue
         flag = "--" + key.replace("_", "-")
         if val is True:
             argv.append(flag)
