@@ -346,7 +346,7 @@ def test_killed_run_keeps_finished_units_and_resume_reuses_them(tmp_path):
     assert {r["seed"] for r in one["rows"]} == {1}
     kept = json.loads((out / "busi.partial.json").read_text())
     assert len(kept["rows"]) == 4
-    with pytest.raises(ValueError, match="iterations: 3 there, 5 now"):
+    with pytest.raises(ValueError, match="--resume: .*iterations: 3 there, 5 now.*drop --resume"):
         run(run_busi(data, out, BusiConfig.quick(**{**cfg, "iterations": 5}), resume=True))
 
 
@@ -404,7 +404,7 @@ def test_merge_joins_a_grid_split_over_two_folders(tmp_path):
     assert "merged from 2 output folders" in (out / "busi.md").read_text()
 
     run(run_busi(data, tmp_path / "c", BusiConfig.quick(seeds=[0], **{**cfg, "iterations": 4})))
-    with pytest.raises(ValueError, match="iterations: 4 there, 3 now"):
+    with pytest.raises(ValueError, match="--merge: .*iterations: 4 there, 3 now.*same settings"):
         run(run_busi(data, out, BusiConfig.quick(seeds=[0, 1], **cfg),
                      merge_from=[tmp_path / "c"]))
     with pytest.raises(ValueError, match="holds no busi.json"):

@@ -347,19 +347,19 @@ class UnitLog:
         self.resumed_from: list[str] = []
         self.duplicates = 0
         if resume:
-            self._load(self.out)
+            self._load(self.out, "--resume")
         for other in merge_from:
             other = Path(other)
             if not other.is_dir():
                 raise ValueError(f"--merge: {other} is not a folder")
-            if other.resolve() != self.out.resolve() and not self._load(other):
+            if other.resolve() != self.out.resolve() and not self._load(other, "--merge"):
                 raise ValueError(f"--merge: {other} holds no {self.final.name} or "
                                  f"{self.path.name}")
 
     def _fixed(self, cfg: dict) -> dict:
         return {k: v for k, v in cfg.items() if k not in self.SWEEP}
 
-    def _load(self, folder: Path) -> bool:
+    def _load(self, folder: Path, option: str) -> bool:
         """Reuse the rows of ``folder``'s partial file, else its final file; True if found."""
         import json
 
@@ -371,14 +371,16 @@ class UnitLog:
                 old_cfg = old["run"]["config"]
                 rows = old["rows"]
             except (OSError, ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"--resume: {p} is not a readable benchmark file ({e})") from e
+                raise ValueError(f"{option}: {p} is not a readable benchmark file ({e})") from e
             mine, theirs = self._fixed(self.config), self._fixed(old_cfg)
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             if diff:
                 raise ValueError(
-                    f"--resume: {p} was run with other settings ("
+                    f"{option}: {p} was run with other settings ("
                     + ", ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} now"
-                                for k in diff) + "); use another --out or drop --resume")
+                                for k in diff) + ("); use another --out or drop --resume"
+                                                  if option == "--resume" else
+                                                  "); merge only parts run with the same settings"))
             for r in rows:
                 if self._k(r) in self._rows:
                     self.duplicates += 1
