@@ -375,12 +375,12 @@ class UnitLog:
             mine, theirs = self._fixed(self.config), self._fixed(old_cfg)
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             if diff:
+                hint = ("use another --out or drop --resume" if option == "--resume"
+                        else "merge only parts run with the same settings")
                 raise ValueError(
                     f"{option}: {p} was run with other settings ("
                     + ", ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} now"
-                                for k in diff) + ("); use another --out or drop --resume"
-                                                  if option == "--resume" else
-                                                  "); merge only parts run with the same settings"))
+                                for k in diff) + f"); {hint}")
             for r in rows:
                 if self._k(r) in self._rows:
                     self.duplicates += 1
