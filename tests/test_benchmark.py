@@ -103,6 +103,15 @@ def test_monuseg_quick_writes_all_rows(monuseg_run):
     assert res["backbone"]["source"] == "random-init" and res["wall_seconds"] > 0
     # the memo made TextDiff variants / seeds reuse features
     assert res["feature_memo"]["hits"] > res["feature_memo"]["misses"]
+    # ... and each TextDiff row says how much of its time was fresh features: they add up to
+    # the memo's total, and only the first unit per protocol pays for the test images
+    fresh = [r["fresh_feature_seconds"] for r in res["rows"] if r["method"].startswith("textdiff")]
+    assert len(fresh) == 12 and all(f["train"] >= 0 and f["predict"] >= 0 for f in fresh)
+    assert sum(f["train"] + f["predict"] for f in fresh) == pytest.approx(
+        res["feature_memo"]["compute_seconds"], abs=0.1)
+    assert 1 <= sum(f["predict"] > 0 for f in fresh) <= 2
+    assert all("fresh_feature_seconds" not in r for r in res["rows"]
+               if not r["method"].startswith("textdiff"))
     for f in ("monuseg.md", "monuseg_dice_vs_k.png", "monuseg_iou_vs_k.png",
               "monuseg_learning_curves.png"):
         assert (out / f).stat().st_size > 0

@@ -148,6 +148,8 @@ def fit_and_evaluate(method: str, protocol: str, train, test, cfg, variants, see
     tiles = protocol == "tiles"
     t0 = time.monotonic()
     info: dict = {}
+    memo = getattr(variants, "memo", None) if method in TEXTDIFF_MODES else None
+    feat0 = memo.compute_seconds if memo is not None else 0.0
     if method in TEXTDIFF_MODES:
         # small K: at least ``min_head_steps`` optimiser steps (K=1 would get only `epochs`)
         from ..textdiff.config import TextDiffConfig
@@ -193,9 +195,15 @@ def fit_and_evaluate(method: str, protocol: str, train, test, cfg, variants, see
         def predict(ex):
             return model.predict_proba(ex.image, mode=mode, overlap=cfg.tile_overlap)
     train_seconds = time.monotonic() - t0
+    feat1 = memo.compute_seconds if memo is not None else 0.0
     t1 = time.monotonic()
     per_image = yield from evaluate_predictions(predict, test)
     predict_seconds = (time.monotonic() - t1) / max(1, len(test))
+    if memo is not None:
+        # the memo is shared by units: only the first unit to see an image pays its features,
+        # so say how much of this unit's time was fresh diffusion features
+        info["fresh_feature_seconds"] = {"train": round(feat1 - feat0, 3),
+                                         "predict": round(memo.compute_seconds - feat1, 3)}
     metrics = mean_metrics([{k: v for k, v in r.items() if k != "name"} for r in per_image])
     return {"seed": seed, "train_images": [e.name for e in train], "metrics": metrics,
             "per_image": per_image, "train_seconds": round(train_seconds, 3),
