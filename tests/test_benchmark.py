@@ -281,6 +281,10 @@ def test_xray_quick(tmp_path, tiny_bert):
     for r in res["rows"]:
         assert len(r["per_image"]) == 2 and len(r["train_images"]) == r["k"]
         assert set(r["train_images"]).isdisjoint(res["data"]["test_images"])
+    fresh = [r["fresh_feature_seconds"] for r in res["rows"]]
+    assert sum(f["train"] + f["predict"] for f in fresh) == pytest.approx(
+        res["feature_memo"]["compute_seconds"], abs=0.1)
+    assert sum(f["predict"] > 0 for f in fresh) == 1      # test features: first unit only
     assert (out / "xray_dice_vs_k.png").is_file()
 
 

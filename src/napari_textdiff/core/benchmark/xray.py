@@ -128,19 +128,23 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
             train = [load(s) for s in subset]
             seed_everything(seed)
             t1 = time.monotonic()
+            feat0 = variants.memo.compute_seconds
             bs = max(1, TextDiffConfig.preset(cfg.head_preset).batch_size)
             epochs = max(cfg.epochs, math.ceil(cfg.min_head_steps / math.ceil(len(train) / bs)))
             model = variants.create(XRAY_METHODS[method], cfg.head_preset, epochs=epochs,
                                     seed=seed, resize_to=cfg.size)
             hist = yield from model.fit(train, None, should_stop=should_stop)
             train_seconds = time.monotonic() - t1
+            feat1 = variants.memo.compute_seconds
             per = yield from evaluate_predictions(
                 lambda ex: model.predict_proba(ex.image, ex.text), test)
+            fresh = {"train": round(feat1 - feat0, 3),     # the memo is shared by units
+                     "predict": round(variants.memo.compute_seconds - feat1, 3)}
             metrics = mean_metrics([{k2: v for k2, v in r.items() if k2 != "name"} for r in per])
             log.add({"method": method, "k": k, "k_label": str(k_label), "seed": seed,
                          "train_images": [e.name for e in train], "metrics": metrics,
                          "per_image": per, "train_seconds": round(train_seconds, 2),
-                         "epochs": epochs,
+                         "epochs": epochs, "fresh_feature_seconds": fresh,
                          "curve": _curve(hist["loss"], "epoch")})
             yield unit_event(i + 1, len(units),
                              f"{method} K={k} seed={seed}: dice {metrics['dice']:.3f}", t0)
