@@ -158,7 +158,9 @@ def evaluate_predictions(predict: Callable[[Any], np.ndarray], examples: Sequenc
 def summarize(rows: Sequence[dict], group: Sequence[str], metrics: Sequence[str]) -> list[dict]:
     """Aggregate per-seed result rows (each with ``metrics`` = per-image means and
     ``per_image``) into one row per ``group`` key: mean over seeds, ``_std`` over seeds (the
-    spread between subsets) and ``_std_images`` (per-image std pooled over seeds)."""
+    spread between subsets; the sample std, n - 1, because 3 seeds are a sample of the possible
+    subsets and the population formula would understate the spread by a fifth) and
+    ``_std_images`` (per-image std pooled over seeds)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[g] for g in group), []).append(r)
@@ -173,7 +175,7 @@ def summarize(rows: Sequence[dict], group: Sequence[str], metrics: Sequence[str]
             pooled = np.array([p[m] for r in rs for p in r.get("per_image", [])],
                               dtype=np.float64)
             s[m] = float(per_seed.mean())
-            s[f"{m}_std"] = float(per_seed.std()) if len(per_seed) > 1 else 0.0
+            s[f"{m}_std"] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0
             s[f"{m}_std_images"] = float(pooled.std()) if len(pooled) else float("nan")
         for extra in ("train_seconds",):
             vals = [r[extra] for r in rs if r.get(extra) is not None]

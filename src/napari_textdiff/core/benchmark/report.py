@@ -158,8 +158,8 @@ def _run_lines(res: dict) -> list[str]:
         src = res["resumed"].get("from")
         n_src = len(src) if isinstance(src, list) else 1
         lines.append(f"- resumed: {res['resumed']['units']} of {len(res.get('rows', []))} runs "
-                     + ("were finished by an earlier, interrupted invocation with the same "
-                        "settings (`--resume`)" if n_src == 1 else
+                     + (f"were finished by earlier invocations with the same settings and "
+                        f"read back from `{src}` (`--resume`)" if n_src == 1 else
                         f"were finished by earlier invocations with the same settings, "
                         f"merged from {n_src} output folders (`--resume`/`--merge`)"))
     secs = [r["train_seconds"] for r in res.get("rows", []) if r.get("train_seconds")]
@@ -199,7 +199,7 @@ def markdown(res: dict, heading_level: int = 2) -> str:
             lines.append(f"| {_label(m)} | " + " | ".join(
                 f"{vals[k]:.2f}" if k in vals else "–" for k in keys) + " |")
     lines += ["", f"Per-image metrics (empty prediction on empty mask = 1), averaged per seed; "
-                  f"± is the std over seeds (subsets). Paper numbers: {paper.get('source', '')}."]
+                  f"± is the sample std (n − 1) over seeds (subsets). Paper numbers: {paper.get('source', '')}."]
     if paper.get("reference"):
         lines += ["", "Measured earlier on the withheld MoNuSeg test set (REFERENCE.md, paper "
                       "protocol, 3 subsets of 5 images), Dice %: "
