@@ -55,6 +55,36 @@ def test_fit_then_segment(data, capsys):
     assert "instances" in json.loads(capsys.readouterr().out)["images"][0]
 
 
+def test_calibrate_stores_the_threshold_picked_on_named_images(data, tmp_path, capsys):
+    out = tmp_path / "model.safetensors"
+    assert main(["textdiff", "fit", str(data["ds"]), "--shots", "4", "--seed", "0",
+                 "--out", str(out), "--backbone", str(data["bb"]), "--text-encoder",
+                 str(data["bert"]), "--working-size", "32", "--epochs", "2", "--steps", "10",
+                 "--max-length", "12", "--val-fraction", "0.25", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    hdr = read_bundle_header(out)
+    val = hdr["meta"]["training"]["val_names"]         # fit records its validation images
+    assert len(val) == 1 and val[0] in hdr["meta"]["training"]["images"]
+    cal = tmp_path / "calibrated.safetensors"
+    rc = main(["calibrate", str(data["ds"]), "--model", str(out), "--names", "im4,im5",
+               "--grid", "0.3,0.5,0.7", "--out", str(cal), "--device", "cpu"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["threshold"] in (0.3, 0.5, 0.7) and res["n_images"] == 2
+    assert res["dice"] >= res["dice_at_previous"] and res["previous"] == 0.5
+    h2 = read_bundle_header(cal)
+    assert h2["config"]["threshold"] == res["threshold"]
+    assert h2["meta"]["threshold_tuning"]["images"] == ["im4", "im5"]
+    assert read_bundle_header(out)["config"]["threshold"] == 0.5     # --out left it alone
+    # a dry run saves nothing; an unknown name is a one-line error
+    assert main(["calibrate", str(data["ds"]), "--model", str(out), "--dry-run",
+                 "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] is None
+    assert main(["calibrate", str(data["ds"]), "--model", str(out), "--names", "nope",
+                 "--device", "cpu"]) == 2
+    assert "no labelled image named nope" in capsys.readouterr().err
+
+
 def test_errors_are_one_line(data, tmp_path, capsys):
     rc = main(["segment", str(tmp_path / "missing.png"), "--model",
                str(tmp_path / "nope.safetensors"), "--out", str(tmp_path)])

@@ -135,14 +135,14 @@ def test_missing_bundled_model_is_a_clear_error(viewer, qtbot):
 
 
 def test_modality_sets_defaults(viewer):
-    from napari_textdiff.core.defaults import MODALITIES
+    from napari_textdiff.core.defaults import default_threshold
 
     w = _segment_widget(viewer)
     w.session.set_modality("histology")
     assert w.split.isChecked()
     w.session.set_modality("ultrasound")
     assert not w.split.isChecked()
-    assert w.threshold.value() == pytest.approx(MODALITIES["ultrasound"].threshold)
+    assert w.threshold.value() == pytest.approx(default_threshold("ultrasound"), abs=0.005)
     assert "ultrasound_mgcc" in w.model_choice.itemText(0) or "not installed" in \
         w.model_choice.itemText(0)
 
@@ -164,3 +164,21 @@ def test_other_bundled_models_of_the_modality_are_offered(viewer, tmp_path, monk
     w.session.set_modality("histology")
     items = [w.model_choice.itemText(i) for i in range(w.model_choice.count())]
     assert items == ["bundled: histology.safetensors"]
+
+
+def test_a_chosen_model_brings_its_calibrated_threshold(viewer, tmp_path):
+    import torch
+
+    from napari_textdiff.core.calibration import set_threshold
+    from napari_textdiff.core.mgcc.model import MGCCModel
+
+    torch.manual_seed(0)
+    m = MGCCModel.create(in_channels=1, width=1 / 16, size=32)
+    set_threshold(m, 0.3)
+    m.save(tmp_path / "calibrated.safetensors")
+    w = _segment_widget(viewer)
+    w.threshold.setValue(0.8)
+    w.set_model_file(tmp_path / "calibrated.safetensors")
+    assert w.threshold.value() == pytest.approx(0.3) and w.session.threshold == pytest.approx(0.3)
+    w.threshold.setValue(0.45)                  # the user can still override it
+    assert w.session.threshold == pytest.approx(0.45)

@@ -47,6 +47,7 @@ def overlay(image, mask, color=(1.0, 0.15, 0.1), alpha=0.45):
 
 def segment_sample(modality: str, out: Path, device="auto") -> dict:
     """Run one modality's default model on its sample; returns what was written and timings."""
+    from napari_textdiff.core.calibration import get_threshold
     from napari_textdiff.core.defaults import (default_model_path, missing_model_message,
                                                modality_defaults)
     from napari_textdiff.core.instances import binary_to_instances
@@ -67,14 +68,16 @@ def segment_sample(modality: str, out: Path, device="auto") -> dict:
     t0 = time.perf_counter()
     prob = model.predict_proba(image, text)
     t_pred = time.perf_counter() - t0
-    mask = (prob >= defaults.threshold).astype("uint8")
+    threshold = get_threshold(model)      # the model's own (calibrated) threshold
+    mask = (prob >= threshold).astype("uint8")
     labels = binary_to_instances(mask) if defaults.split_instances else mask.astype("int32")
     stem = img_path.stem
     write_mask(out / f"{stem}_mask.tif", labels)
     write_image(out / f"{stem}_overlay.png", overlay(load_image(img_path, channels=3), labels))
     return {"modality": modality, "image": str(img_path), "text": text, "model": str(model_path),
             "mask": str(out / f"{stem}_mask.tif"), "overlay": str(out / f"{stem}_overlay.png"),
-            "foreground_fraction": float(mask.mean()), "objects": int(labels.max()),
+            "threshold": threshold, "foreground_fraction": float(mask.mean()),
+            "objects": int(labels.max()),
             "load_s": round(t_load, 3), "predict_s": round(t_pred, 3), "shape": list(mask.shape)}
 
 

@@ -45,14 +45,6 @@ def _texts_from(path) -> dict[str, str]:
     return out
 
 
-def _threshold(model, given):
-    if given is not None:
-        return given
-    cfg = getattr(model, "config", None)
-    thr = cfg.get("threshold") if isinstance(cfg, dict) else getattr(cfg, "threshold", None)
-    return float(thr) if thr is not None else 0.5
-
-
 def _run(args) -> int:
     import time
     from pathlib import Path
@@ -60,13 +52,14 @@ def _run(args) -> int:
     import numpy as np
 
     from napari_textdiff.core import io
+    from napari_textdiff.core.calibration import get_threshold
     from napari_textdiff.core.models import load_model
 
     t0 = time.monotonic()
     model = load_model(args.model, device=args.device)
     t_load = time.monotonic() - t0
     texts = _texts_from(args.texts_from) if args.texts_from else {}
-    thr = _threshold(model, args.threshold)
+    thr = args.threshold if args.threshold is not None else get_threshold(model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

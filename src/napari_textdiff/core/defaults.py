@@ -14,7 +14,7 @@ from pathlib import Path
 
 __all__ = ["ModalityDefaults", "MODALITIES", "modality_defaults", "models_dir",
            "default_model_path", "bundled_models", "missing_model_message", "default_ldm_dir", "config_dir",
-           "load_settings", "save_settings"]
+           "load_settings", "save_settings", "stored_threshold", "default_threshold"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +25,7 @@ class ModalityDefaults:
     label: str               # shown in menus
     model_file: str          # file name under models/
     channels: int            # 3 = RGB input, 1 = gray
-    threshold: float         # probability threshold for the foreground
+    threshold: float         # fallback threshold when the model file carries none
     split_instances: bool    # separate touching objects (nuclei) into instance labels
     text_hint: str           # placeholder for the description box
     extra_models: tuple[str, ...] = ()   # other bundled models of this modality (offered too)
@@ -70,6 +70,27 @@ def default_model_path(modality: str) -> Path | None:
     """The bundled model for ``modality``, or ``None`` when it is not shipped (yet)."""
     p = models_dir() / modality_defaults(modality).model_file
     return p if p.is_file() else None
+
+
+def stored_threshold(path) -> float | None:
+    """The threshold a model file carries (picked by ``napari-textdiff calibrate`` or set at
+    training), read from its header without loading weights; None if it has none or the file
+    cannot be read (the caller then falls back to the modality's value)."""
+    from .bundle import BundleError, read_bundle_header
+
+    try:
+        cfg = read_bundle_header(path).get("config") or {}
+    except (BundleError, OSError):
+        return None
+    thr = cfg.get("threshold") if isinstance(cfg, dict) else None
+    return float(thr) if isinstance(thr, (int, float)) and 0 < thr < 1 else None
+
+
+def default_threshold(modality: str) -> float:
+    """The bundled default model's own threshold, else the modality's fallback."""
+    p = default_model_path(modality)
+    thr = stored_threshold(p) if p is not None else None
+    return modality_defaults(modality).threshold if thr is None else thr
 
 
 def bundled_models(modality: str) -> list[Path]:

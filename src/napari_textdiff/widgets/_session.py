@@ -48,7 +48,8 @@ class Session(QObject):
         self.source = DEFAULT_SOURCE     # DEFAULT_SOURCE or a path to a .safetensors bundle
         self.device = "auto"
         d = defaults.modality_defaults(self.modality)
-        self.threshold, self.split, self.tiled = d.threshold, d.split_instances, True
+        self.threshold, self.split, self.tiled = (defaults.default_threshold(self.modality),
+                                                   d.split_instances, True)
         self.model = None
         self.model_key: tuple | None = None   # (resolved path, device) the model was loaded from
         self.model_label = "no model loaded"

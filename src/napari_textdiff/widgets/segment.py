@@ -78,7 +78,7 @@ class SegmentWidget(JobWidget):
     # -- choices ----------------------------------------------------------------------------------
     def apply_modality_defaults(self, modality: str) -> None:
         d = defaults.modality_defaults(modality)
-        self.threshold.setValue(d.threshold)
+        self.threshold.setValue(defaults.default_threshold(modality))
         self.split.setChecked(d.split_instances)
         p = defaults.default_model_path(modality)
         self.model_choice.setItemText(
@@ -98,6 +98,7 @@ class SegmentWidget(JobWidget):
             i = self.model_choice.count() - 1
         self.model_choice.setCurrentIndex(i)
         self.session.source = path
+        self._follow_model_threshold()
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a model bundle", "",
@@ -107,6 +108,17 @@ class SegmentWidget(JobWidget):
 
     def _source_chosen(self, index: int) -> None:
         self.session.source = self.model_choice.itemData(index)
+        self._follow_model_threshold()
+
+    def _follow_model_threshold(self) -> None:
+        """A newly chosen model brings its own calibrated threshold (the user can still move
+        the spin box afterwards)."""
+        src = self.session.source
+        path = defaults.default_model_path(self.session.modality) if src == DEFAULT_SOURCE \
+            else src
+        thr = defaults.stored_threshold(path) if path else None
+        if thr is not None:
+            self.threshold.setValue(thr)
 
     def _device_chosen(self, text: str) -> None:
         self.session.device = text

@@ -440,7 +440,8 @@ class TextDiffModel:
             if val_cache is not None:
                 val_cache.close()
         hist.update(feature_seconds=t_feat, seconds=time.monotonic() - t0,
-                    train_images=len(train), val_images=len(val or []), tiles=cache.n)
+                    train_images=len(train), val_images=len(val or []), tiles=cache.n,
+                    val_names=[ex.name for ex in val or []])
         self.meta["training"] = {k: v for k, v in hist.items() if k != "loss"}
         self.meta["training"]["final_loss"] = hist["loss"][-1] if hist["loss"] else None
         return hist

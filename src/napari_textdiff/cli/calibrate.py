@@ -1,0 +1,71 @@
+"""``napari-textdiff calibrate DATA --model M``: pick the model's probability threshold on
+labelled validation images (best mean per-image Dice over a grid) and save it in the model.
+
+Use images the model was not trained on: its own validation split (``--names``) or a held-out
+folder (``--split``). The weights are not touched; the choice and its Dice curve go into the
+model's header (``napari-textdiff info``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("calibrate", help="pick a model's probability threshold on validation "
+                                         "images and store it in the model")
+    p.add_argument("data", help="dataset folder with masks (any supported layout)")
+    p.add_argument("--model", required=True, help="model file (.safetensors)")
+    p.add_argument("--split", default=None, help="MoNuSeg split (train/val/test)")
+    p.add_argument("--names", default=None,
+                   help="comma-separated image names to use (default: every labelled image)")
+    p.add_argument("--describe-classes", action="store_true",
+                   help="describe BUSI images by their class sentence (as `textdiff fit`)")
+    p.add_argument("--resize", action="store_true",
+                   help="predict on the whole image resized (paper protocol) instead of tiles")
+    p.add_argument("--grid", default=None,
+                   help="comma-separated thresholds to try (default 0.10, 0.15, ..., 0.95)")
+    p.add_argument("--out", default=None, help="where to save (default: overwrite --model)")
+    p.add_argument("--dry-run", action="store_true", help="report the choice, save nothing")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_run)
+
+
+def _select(samples, names: str | None):
+    if not names:
+        return samples
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    by_name = {s.name: s for s in samples}
+    missing = [n for n in wanted if n not in by_name]
+    if missing:
+        raise ValueError(f"no labelled image named {', '.join(missing)} in the dataset")
+    return [by_name[n] for n in wanted]
+
+
+def _run(args) -> int:
+    from pathlib import Path
+
+    from napari_textdiff.cli.textdiff import _samples
+    from napari_textdiff.core.calibration import DEFAULT_GRID, tune_threshold
+    from napari_textdiff.core.models import load_model
+    from napari_textdiff.core.progress import print_progress, run
+
+    grid = DEFAULT_GRID if not args.grid else [float(t) for t in args.grid.split(",")]
+    samples = _select(_samples(args.data, args.split, args.describe_classes), args.names)
+    if not samples:
+        raise ValueError(f"{args.data}: no labelled images")
+    model = load_model(args.model, device=args.device)
+    examples = [s.load(channels=model.channels) for s in samples]
+    if len(examples) < 5:
+        print(f"warning: a threshold picked on {len(examples)} image(s) is a noisy choice",
+              file=sys.stderr)
+    rec = run(tune_threshold(model, examples, grid, tiled=not args.resize,
+                             apply=not args.dry_run), callback=print_progress(every=2.0))
+    out = None
+    if not args.dry_run:
+        out = Path(args.out or args.model)
+        model.save(out)
+    print(json.dumps({"model": str(out) if out else None, **{
+        k: rec[k] for k in ("threshold", "previous", "dice", "dice_at_previous", "n_images")}},
+        indent=2))
+    return 0
