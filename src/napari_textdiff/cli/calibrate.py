@@ -66,6 +66,7 @@ def _run(args) -> int:
         out = Path(args.out or args.model)
         model.save(out)
     print(json.dumps({"model": str(out) if out else None, **{
-        k: rec[k] for k in ("threshold", "previous", "dice", "dice_at_previous", "n_images")}},
-        indent=2))
+        k: rec[k] for k in ("threshold", "previous", "dice", "dice_at_previous", "n_images")},
+        "dice_by_threshold": {f"{t:g}": round(d, 4) for t, d in
+                              zip(rec["grid"], rec["dice_by_threshold"])}}, indent=2))
     return 0
