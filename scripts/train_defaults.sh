@@ -25,10 +25,10 @@ export)     # ship the EMA backbone as fp16 (loaded back as float32)
 histology)  # TextDiff head for nuclei at a fixed scale of 0.256 (MoNuSeg 1000² -> 256², the paper's scale)
   $NT textdiff fit "$D"/monuseg --split Train_Folder --shots "${TD_SHOTS:-10}" --seed 0 \
     --val "$D"/monuseg --val-split Val_Folder --backbone "$M"/backbone --scale 0.256 \
-    --epochs "${TD_EPOCHS:-20}" --device "$DEVICE" --out "$M"/histology.safetensors ;;
+    --epochs "${TD_EPOCHS:-20}" --calibrate --device "$DEVICE" --out "$M"/histology.safetensors ;;
 xray)       # TextDiff head for lung lesions (ground glass ∪ consolidation) guided by the notes
   $NT textdiff fit "$D"/xray --shots "${XR_SHOTS:-8}" --seed 0 --val-fraction 0.25 --backbone "$M"/backbone \
-    --resize-to 256 --epochs "${TD_EPOCHS:-10}" --device "$DEVICE" --out "$M"/xray.safetensors ;;
+    --resize-to 256 --epochs "${TD_EPOCHS:-10}" --calibrate --device "$DEVICE" --out "$M"/xray.safetensors ;;
 ultrasound) # light MGCC, semi-supervised: 50 % of the train split labeled, the rest unlabeled
   $NT mgcc train "$D"/busi --labeled-fraction 0.5 --val-fraction 0.2 \
     --width "${MGCC_WIDTH:-0.125}" --size 128 --iterations "${MGCC_ITERS:-1000}" --lr 0.02 \
@@ -38,7 +38,7 @@ ultrasound_textdiff) # TextDiff head for breast lesions; BUSI has no text, so ea
             # described by its class folder ("Benign breast lesion.", core.datasets.BUSI_DESCRIPTIONS)
   $NT textdiff fit "$D"/busi --describe-classes --shots "${US_SHOTS:-32}" --seed 0 --val-fraction 0.25 \
     --backbone "$M"/backbone --resize-to 256 --epochs "${TD_EPOCHS:-10}" --device "$DEVICE" \
-    --out "$M"/ultrasound.safetensors ;;
+    --out "$M"/ultrasound.safetensors ;;   # not --calibrate: 8 validation images, one flip decides
 ldm)        # small latent diffusion model on BUSI images for the synthetic preview
   $NT train-ldm "$D"/busi/benign "$D"/busi/malignant "$D"/busi/normal --exclude '*_mask*' \
     --channels 1 --preset small --vae-steps "${VAE_STEPS:-150}" --unet-steps "${LDM_STEPS:-200}" \

@@ -85,6 +85,24 @@ def test_calibrate_stores_the_threshold_picked_on_named_images(data, tmp_path, c
     assert "no labelled image named nope" in capsys.readouterr().err
 
 
+def test_fit_can_calibrate_on_its_validation_split(data, tmp_path, capsys):
+    args = ["textdiff", "fit", str(data["ds"]), "--shots", "4", "--seed", "0",
+            "--backbone", str(data["bb"]), "--text-encoder", str(data["bert"]),
+            "--working-size", "32", "--epochs", "1", "--steps", "10", "--max-length", "12",
+            "--device", "cpu", "--calibrate"]
+    out = tmp_path / "m.safetensors"
+    assert main([*args, "--out", str(out), "--val-fraction", "0.5"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    hdr = read_bundle_header(out)
+    tuning = hdr["meta"]["threshold_tuning"]
+    assert tuning["images"] == hdr["meta"]["training"]["val_names"] and tuning["n_images"] == 2
+    assert hdr["config"]["threshold"] == summary["threshold"] == tuning["threshold"]
+    # without validation images there is nothing to calibrate on: refused before training
+    assert main([*args, "--out", str(tmp_path / "none.safetensors")]) == 2
+    assert "--val-fraction" in capsys.readouterr().err
+    assert not (tmp_path / "none.safetensors").exists()
+
+
 def test_errors_are_one_line(data, tmp_path, capsys):
     rc = main(["segment", str(tmp_path / "missing.png"), "--model",
                str(tmp_path / "nope.safetensors"), "--out", str(tmp_path)])

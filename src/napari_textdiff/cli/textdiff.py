@@ -54,6 +54,9 @@ def register(sub) -> None:
     f.add_argument("--max-tiles-per-image", type=int, default=None,
                    help="cap the training tiles per image (foreground tiles first)")
     f.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    f.add_argument("--calibrate", action="store_true",
+                   help="after training, pick the probability threshold on the validation "
+                        "images (as `napari-textdiff calibrate`) and store it in the model")
     f.set_defaults(func=_fit)
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
 
@@ -75,6 +78,9 @@ def _fit(args) -> int:
     from napari_textdiff.core.textdiff.config import TextDiffConfig
     from napari_textdiff.core.textdiff.model import TextDiffModel
 
+    if args.calibrate and not (args.val or args.val_fraction > 0):
+        raise ValueError("--calibrate picks the threshold on validation images: give --val or "
+                         "--val-fraction")
     samples = _samples(args.data, args.split, args.describe_classes)
     if not samples:
         raise ValueError(f"{args.data}: no labelled images")
@@ -113,9 +119,20 @@ def _fit(args) -> int:
                          max_tiles_per_image=args.max_tiles_per_image),
                callback=print_progress(every=2.0))
     model.meta["training"]["images"] = [s.name for s in samples]
+    tuning = None
+    if args.calibrate:
+        from napari_textdiff.core.calibration import tune_threshold
+
+        named = {ex.name: ex for ex in [*train, *(val or [])]}
+        val_examples = [named[n] for n in hist.get("val_names", []) if n in named]
+        if not val_examples:
+            raise ValueError("--calibrate: training ended without validation images")
+        tuning = run(tune_threshold(model, val_examples), callback=print_progress(every=2.0))
     model.save(out)
     summary = {k: hist.get(k) for k in ("epochs_run", "best_epoch", "best_val_dice", "tiles",
                                          "feature_seconds", "seconds")}
+    if tuning is not None:
+        summary["threshold"] = tuning["threshold"]
     summary["final_loss"] = hist["loss"][-1] if hist["loss"] else None
     print(json.dumps({"model": str(out), **summary}, indent=2))
     return 0
