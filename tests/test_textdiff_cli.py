@@ -76,10 +76,24 @@ def test_calibrate_stores_the_threshold_picked_on_named_images(data, tmp_path, c
     assert h2["config"]["threshold"] == res["threshold"]
     assert h2["meta"]["threshold_tuning"]["images"] == ["im4", "im5"]
     assert read_bundle_header(out)["config"]["threshold"] == 0.5     # --out left it alone
-    # a dry run saves nothing; an unknown name is a one-line error
+    # a one-value grid must end up in the TextDiff config (set_threshold really stores it)
+    assert main(["calibrate", str(data["ds"]), "--model", str(out), "--names", "im4,im5",
+                 "--grid", "0.3", "--out", str(cal), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert read_bundle_header(cal)["config"]["threshold"] == 0.3
+    # without --names: the model's recorded validation images; a dry run saves nothing
     assert main(["calibrate", str(data["ds"]), "--model", str(out), "--dry-run",
                  "--device", "cpu"]) == 0
-    assert json.loads(capsys.readouterr().out)["model"] is None
+    cap = capsys.readouterr()
+    res = json.loads(cap.out)
+    assert res["model"] is None and res["n_images"] == 1
+    assert "recorded validation" in cap.err and "trained the model" not in cap.err
+    # calibrating on a training image is allowed but warned about
+    trained = [n for n in hdr["meta"]["training"]["images"] if n not in val]
+    assert main(["calibrate", str(data["ds"]), "--model", str(out), "--names", trained[0],
+                 "--dry-run", "--device", "cpu"]) == 0
+    assert "1 of these images trained the model" in capsys.readouterr().err
+    # an unknown name is a one-line error
     assert main(["calibrate", str(data["ds"]), "--model", str(out), "--names", "nope",
                  "--device", "cpu"]) == 2
     assert "no labelled image named nope" in capsys.readouterr().err
@@ -97,6 +111,13 @@ def test_fit_can_calibrate_on_its_validation_split(data, tmp_path, capsys):
     tuning = hdr["meta"]["threshold_tuning"]
     assert tuning["images"] == hdr["meta"]["training"]["val_names"] and tuning["n_images"] == 2
     assert hdr["config"]["threshold"] == summary["threshold"] == tuning["threshold"]
+    # one training image cannot be split: the trained model is still saved, uncalibrated
+    one = tmp_path / "one.safetensors"
+    one_args = [a if a != "4" else "1" for a in args]
+    assert main([*one_args, "--out", str(one), "--val-fraction", "0.5"]) == 0
+    assert "--calibrate skipped" in capsys.readouterr().err
+    assert read_bundle_header(one)["config"]["threshold"] == 0.5
+    assert "threshold_tuning" not in read_bundle_header(one)["meta"]
     # without validation images there is nothing to calibrate on: refused before training
     assert main([*args, "--out", str(tmp_path / "none.safetensors")]) == 2
     assert "--val-fraction" in capsys.readouterr().err

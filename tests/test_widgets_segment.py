@@ -135,7 +135,8 @@ def test_missing_bundled_model_is_a_clear_error(viewer, qtbot):
 
 
 def test_modality_sets_defaults(viewer):
-    from napari_textdiff.core.defaults import default_threshold
+    from napari_textdiff.core.defaults import (default_model_path, default_threshold,
+                                               stored_threshold)
 
     w = _segment_widget(viewer)
     w.session.set_modality("histology")
@@ -143,6 +144,11 @@ def test_modality_sets_defaults(viewer):
     w.session.set_modality("ultrasound")
     assert not w.split.isChecked()
     assert w.threshold.value() == pytest.approx(default_threshold("ultrasound"), abs=0.005)
+    w.session.set_modality("xray")              # the bundled X-ray head carries its own (0.85)
+    bundled = default_model_path("xray")
+    if bundled is not None:
+        assert w.threshold.value() == pytest.approx(stored_threshold(bundled), abs=0.005)
+        assert w.threshold.value() == pytest.approx(default_threshold("xray"), abs=0.005)
     assert "ultrasound_mgcc" in w.model_choice.itemText(0) or "not installed" in \
         w.model_choice.itemText(0)
 
@@ -182,3 +188,6 @@ def test_a_chosen_model_brings_its_calibrated_threshold(viewer, tmp_path):
     assert w.threshold.value() == pytest.approx(0.3) and w.session.threshold == pytest.approx(0.3)
     w.threshold.setValue(0.45)                  # the user can still override it
     assert w.session.threshold == pytest.approx(0.45)
+    w.session.set_modality("xray")              # a modality change keeps the chosen file's
+    assert w.session.source == str(tmp_path / "calibrated.safetensors")
+    assert w.threshold.value() == pytest.approx(0.3)

@@ -18,7 +18,8 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="model file (.safetensors)")
     p.add_argument("--split", default=None, help="MoNuSeg split (train/val/test)")
     p.add_argument("--names", default=None,
-                   help="comma-separated image names to use (default: every labelled image)")
+                   help="comma-separated image names to use (default: the validation images "
+                        "the model recorded at training, else every labelled image)")
     p.add_argument("--describe-classes", action="store_true",
                    help="describe BUSI images by their class sentence (as `textdiff fit`)")
     p.add_argument("--resize", action="store_true",
@@ -50,10 +51,24 @@ def _run(args) -> int:
     from napari_textdiff.core.models import load_model
     from napari_textdiff.core.progress import print_progress, run
 
+    from napari_textdiff.core.bundle import read_bundle_header
+
     grid = DEFAULT_GRID if not args.grid else [float(t) for t in args.grid.split(",")]
-    samples = _select(_samples(args.data, args.split, args.describe_classes), args.names)
+    training = (read_bundle_header(args.model).get("meta") or {}).get("training") or {}
+    val_names = list(training.get("val_names") or [])
+    names = args.names
+    if names is None and args.split is None and val_names:
+        names = ",".join(val_names)
+        print(f"using the model's {len(val_names)} recorded validation image(s)", file=sys.stderr)
+    samples = _select(_samples(args.data, args.split, args.describe_classes), names)
     if not samples:
         raise ValueError(f"{args.data}: no labelled images")
+    seen = set(training.get("images") or []) - set(val_names)
+    overlap = [s.name for s in samples if s.name in seen]
+    if overlap:
+        print(f"warning: {len(overlap)} of these images trained the model "
+              f"({', '.join(overlap[:3])}{' ...' if len(overlap) > 3 else ''}): the threshold "
+              "will suit its training data, not new images", file=sys.stderr)
     model = load_model(args.model, device=args.device)
     examples = [s.load(channels=model.channels) for s in samples]
     if len(examples) < 5:

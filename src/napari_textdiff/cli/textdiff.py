@@ -119,16 +119,22 @@ def _fit(args) -> int:
                          max_tiles_per_image=args.max_tiles_per_image),
                callback=print_progress(every=2.0))
     model.meta["training"]["images"] = [s.name for s in samples]
+    model.save(out)               # the trained head is kept whatever calibration does
     tuning = None
     if args.calibrate:
         from napari_textdiff.core.calibration import tune_threshold
 
-        named = {ex.name: ex for ex in [*train, *(val or [])]}
-        val_examples = [named[n] for n in hist.get("val_names", []) if n in named]
+        val_examples = val if val else [train[i] for i in hist.get("val_index") or []]
         if not val_examples:
-            raise ValueError("--calibrate: training ended without validation images")
-        tuning = run(tune_threshold(model, val_examples), callback=print_progress(every=2.0))
-    model.save(out)
+            print("warning: --calibrate skipped: training used no validation images (too few "
+                  "training images to split off any?); the threshold stays "
+                  f"{model.config.threshold}", file=sys.stderr)
+        else:
+            if len(val_examples) < 5:
+                print(f"warning: a threshold picked on {len(val_examples)} image(s) is a noisy "
+                      "choice", file=sys.stderr)
+            tuning = run(tune_threshold(model, val_examples), callback=print_progress(every=2.0))
+            model.save(out)
     summary = {k: hist.get(k) for k in ("epochs_run", "best_epoch", "best_val_dice", "tiles",
                                          "feature_seconds", "seconds")}
     if tuning is not None:

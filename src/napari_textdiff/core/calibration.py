@@ -102,7 +102,8 @@ def tune_threshold(model, examples: Sequence[Example], grid: Sequence[float] = D
               "dice_at_previous": at_previous, "grid": grid,
               "dice_by_threshold": [round(float(s), 5) for s in scores],
               "images": [ex.name for ex in examples], "n_images": len(examples),
-              "tiled": tiled}
+              "tiled": bool(tiled and not getattr(getattr(model, "config", None), "resize_to",
+                                                  None))}
     if apply:
         set_threshold(model, best)
         meta = getattr(model, "meta", None)

@@ -88,6 +88,7 @@ class SegmentWidget(JobWidget):
                 self.model_choice.removeItem(i)
         for extra in defaults.bundled_models(modality)[1:] if p else []:
             self.model_choice.insertItem(1, f"bundled, also: {extra.name}", str(extra))
+        self._follow_model_threshold()     # a chosen model file keeps its own threshold
 
     def set_model_file(self, path) -> None:
         """Use a model bundle file (as the "Model file…" button does)."""

@@ -412,9 +412,11 @@ class TextDiffModel:
         if not train:
             raise ValueError("fit: no training examples")
         rng = np.random.default_rng(c.seed)
+        val_index = None          # positions in the given ``train`` that became validation
         if val is None and val_fraction > 0 and len(train) > 1:
             n_val = min(len(train) - 1, max(1, round(len(train) * val_fraction)))
             perm = rng.permutation(len(train))
+            val_index = [int(i) for i in perm[:n_val]]
             val = [train[i] for i in perm[:n_val]]
             train = [train[i] for i in perm[n_val:]]
         t0 = time.monotonic()
@@ -441,7 +443,7 @@ class TextDiffModel:
                 val_cache.close()
         hist.update(feature_seconds=t_feat, seconds=time.monotonic() - t0,
                     train_images=len(train), val_images=len(val or []), tiles=cache.n,
-                    val_names=[ex.name for ex in val or []])
+                    val_names=[ex.name for ex in val or []], val_index=val_index)
         self.meta["training"] = {k: v for k, v in hist.items() if k != "loss"}
         self.meta["training"]["final_loss"] = hist["loss"][-1] if hist["loss"] else None
         return hist
