@@ -43,6 +43,14 @@ def _select(samples, names: str | None):
     return [by_name[n] for n in wanted]
 
 
+def warn_if_few(n: int) -> None:
+    """One shared warning for `calibrate` and `textdiff fit --calibrate`."""
+    from napari_textdiff.core.calibration import FEW_IMAGES
+
+    if n < FEW_IMAGES:
+        print(f"warning: a threshold picked on {n} image(s) is a noisy choice", file=sys.stderr)
+
+
 def _run(args) -> int:
     from pathlib import Path
 
@@ -51,10 +59,9 @@ def _run(args) -> int:
     from napari_textdiff.core.models import load_model
     from napari_textdiff.core.progress import print_progress, run
 
-    from napari_textdiff.core.bundle import read_bundle_header
-
     grid = DEFAULT_GRID if not args.grid else [float(t) for t in args.grid.split(",")]
-    training = (read_bundle_header(args.model).get("meta") or {}).get("training") or {}
+    model = load_model(args.model, device=args.device)
+    training = (getattr(model, "meta", None) or {}).get("training") or {}
     val_names = list(training.get("val_names") or [])
     names = args.names
     if names is None and args.split is None and val_names:
@@ -69,11 +76,8 @@ def _run(args) -> int:
         print(f"warning: {len(overlap)} of these images trained the model "
               f"({', '.join(overlap[:3])}{' ...' if len(overlap) > 3 else ''}): the threshold "
               "will suit its training data, not new images", file=sys.stderr)
-    model = load_model(args.model, device=args.device)
     examples = [s.load(channels=model.channels) for s in samples]
-    if len(examples) < 5:
-        print(f"warning: a threshold picked on {len(examples)} image(s) is a noisy choice",
-              file=sys.stderr)
+    warn_if_few(len(examples))
     rec = run(tune_threshold(model, examples, grid, tiled=not args.resize,
                              apply=not args.dry_run), callback=print_progress(every=2.0))
     out = None

@@ -122,6 +122,7 @@ def _fit(args) -> int:
     model.save(out)               # the trained head is kept whatever calibration does
     tuning = None
     if args.calibrate:
+        from napari_textdiff.cli.calibrate import warn_if_few
         from napari_textdiff.core.calibration import tune_threshold
 
         val_examples = val if val else [train[i] for i in hist.get("val_index") or []]
@@ -130,9 +131,7 @@ def _fit(args) -> int:
                   "training images to split off any?); the threshold stays "
                   f"{model.config.threshold}", file=sys.stderr)
         else:
-            if len(val_examples) < 5:
-                print(f"warning: a threshold picked on {len(val_examples)} image(s) is a noisy "
-                      "choice", file=sys.stderr)
+            warn_if_few(len(val_examples))
             tuning = run(tune_threshold(model, val_examples), callback=print_progress(every=2.0))
             model.save(out)
     summary = {k: hist.get(k) for k in ("epochs_run", "best_epoch", "best_val_dice", "tiles",

@@ -17,9 +17,10 @@ from .metrics import binary_metrics
 from .models import Example
 from .progress import Progress
 
-__all__ = ["DEFAULT_GRID", "dice_by_threshold", "pick_threshold", "get_threshold",
-           "set_threshold", "tune_threshold"]
+__all__ = ["DEFAULT_GRID", "FEW_IMAGES", "dice_by_threshold", "pick_threshold",
+           "get_threshold", "set_threshold", "tune_threshold"]
 
+FEW_IMAGES = 5     # below this many validation images the pick is noisy (callers warn)
 DEFAULT_GRID: tuple[float, ...] = tuple(float(t) for t in np.round(np.arange(0.1, 0.951, 0.05), 2))
 
 
@@ -59,14 +60,12 @@ def set_threshold(model, threshold: float) -> None:
     """Store ``threshold`` where the model's ``predict`` and ``save`` read it."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
-    if hasattr(model, "threshold") and not callable(model.threshold):
-        model.threshold = float(threshold)          # MGCC keeps it on the model
     cfg = getattr(model, "config", None)
-    if isinstance(cfg, dict):
-        if "threshold" in cfg:
-            cfg["threshold"] = float(threshold)
-    elif cfg is not None and hasattr(cfg, "threshold"):
+    if cfg is not None and not isinstance(cfg, dict) and hasattr(cfg, "threshold"):
         cfg.threshold = float(threshold)            # TextDiff keeps it in its config
+    else:
+        model.threshold = float(threshold)          # MGCC keeps it on the model (its config
+                                                    # dict is built from it when saving)
 
 
 def tune_threshold(model, examples: Sequence[Example], grid: Sequence[float] = DEFAULT_GRID,
@@ -94,10 +93,11 @@ def tune_threshold(model, examples: Sequence[Example], grid: Sequence[float] = D
         probs.append(model.predict_proba(ex.image, text, tiled=tiled))
         yield Progress("calibrate", step=i + 1, total=len(examples),
                        message=f"predicted {ex.name or i}", elapsed=time.monotonic() - t0)
-    scores = dice_by_threshold(probs, [ex.mask for ex in examples], grid)
+    masks = [ex.mask for ex in examples]
+    scores = dice_by_threshold(probs, masks, grid)
     previous = get_threshold(model)
     best = pick_threshold(scores, grid, prefer=previous)
-    at_previous = float(dice_by_threshold(probs, [ex.mask for ex in examples], [previous])[0])
+    at_previous = float(dice_by_threshold(probs, masks, [previous])[0])
     record = {"threshold": best, "previous": previous, "dice": float(scores.max()),
               "dice_at_previous": at_previous, "grid": grid,
               "dice_by_threshold": [round(float(s), 5) for s in scores],
