@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["iter_tile_boxes", "tile_starts", "blend_window", "predict_tiled"]
+__all__ = ["iter_tile_boxes", "tile_starts", "blend_window", "predict_tiled", "iter_tiled"]
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -88,7 +88,30 @@ def predict_tiled(image, predict_fn: Callable[[np.ndarray], np.ndarray], tile: i
     (e.g. an np.memmap) which is filled and returned. ``progress(done, total)`` after each
     batch (in tiles). ``margin``: tile-edge pixels trusted least (see :func:`blend_window`;
     set it to the model's receptive radius when ``overlap >= 2 * radius``).
+    The same work as a progress generator (with Stop between batches): :func:`iter_tiled`.
     """
+    gen = iter_tiled(image, predict_fn, tile=tile, overlap=overlap, batch_size=batch_size,
+                     out_channels=out_channels, out=out, pad_mode=pad_mode, margin=margin)
+    try:
+        while True:
+            ev = next(gen)
+            if progress is not None:
+                progress(ev.step, ev.total)
+    except StopIteration as stop:
+        return stop.value
+
+
+def iter_tiled(image, predict_fn: Callable[[np.ndarray], np.ndarray], tile: int = 256,
+               overlap: int = 32, batch_size: int = 4, out_channels: int = 1, out=None,
+               pad_mode: str = "reflect", margin: int | None = None,
+               should_stop: Callable[[], bool] | None = None, stage: str = "predict",
+               message: str = ""):
+    """:func:`predict_tiled` as a progress generator: one ``Progress(stage, done, total)``
+    per tile batch; returns the blended (K, H, W) map, or ``None`` when ``should_stop()``
+    turned true between batches (nothing partial is returned, so callers keep what they had).
+    """
+    from .progress import Progress
+
     shape = tuple(image.shape)
     if len(shape) == 2:
         h, w, c, gray2d = shape[0], shape[1], 1, True
@@ -130,6 +153,8 @@ def predict_tiled(image, predict_fn: Callable[[np.ndarray], np.ndarray], tile: i
     total = len(boxes)
     done = 0
     for b0 in range(0, total, batch_size):
+        if should_stop is not None and should_stop():
+            return None
         chunk = boxes[b0:b0 + batch_size]
         batch = np.empty((len(chunk), tile, tile, c), dtype=np.float32)
         for i, (y0, x0, y1, x1) in enumerate(chunk):
@@ -152,8 +177,7 @@ def predict_tiled(image, predict_fn: Callable[[np.ndarray], np.ndarray], tile: i
             out[:, y0:y1, x0:x1] += pred[i, :, :th, :tw] * wgt
         done += len(chunk)
         del batch, pred
-        if progress is not None:
-            progress(done, total)
+        yield Progress(stage, done, total, message=message)
     for r0 in range(0, h, rows):
         r1 = min(r0 + rows, h)
         out[:, r0:r1] /= np.outer(wy[r0:r1], wx).astype(np.float32)[None]

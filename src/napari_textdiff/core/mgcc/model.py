@@ -9,16 +9,14 @@ does not force it (it only allows it when the bundle's own inference mode is ``"
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ..progress import Progress
-from .losses import bce_dice_loss
 from .network import MGCCConfig, MGCCNet
-from .preprocess import image_tensor, mask_tensor, normalize_input, resize_proba
+from .preprocess import image_tensor, normalize_input, resize_proba
 
 __all__ = ["MGCCModel", "KIND"]
 
@@ -84,27 +82,37 @@ class MGCCModel:
         finally:
             self.net.train(was_training)
 
-    def predict_proba(self, image: np.ndarray, text: str | None = None, *, tiled: bool = True,
-                      device: Any = None, mode: str | None = None, tile: int | None = None,
-                      overlap: int = 32, batch_size: int = 4, progress=None) -> np.ndarray:
-        """Foreground probability (H, W) float32 for an image of any size (``text`` is ignored).
+    def iter_proba(self, image: np.ndarray, text: str | None = None, *, tiled: bool = True,
+                   device: Any = None, mode: str | None = None, tile: int | None = None,
+                   overlap: int = 32, batch_size: int = 4, should_stop=None, name: str = ""):
+        """Prediction as a progress generator: ``Progress("predict", done, total)`` per tile
+        batch (one step in resize mode); returns (H, W) float32, or None when stopped.
 
         ``mode`` "resize" (default for MGCC, as in the paper) or "tile"; when ``mode`` is None
         the bundle's inference mode is used, and ``tiled=False`` always means "resize".
+        ``text`` is ignored.
         """
+        from ..memory import split_on_oom
+        from ..progress import Progress
+
         if device is not None:
             self.to(device)
         mode = mode or (self.inference if tiled else "resize")
         arr = np.asarray(image)
         h, w = arr.shape[:2]
         if mode == "resize":
+            yield Progress("predict", 0, 1, message=name)
+            if should_stop is not None and should_stop():
+                return None
             x = image_tensor(arr, self.channels, self.size)[None]
-            prob = resize_proba(self.predict_batch(x), (h, w))
+            prob = resize_proba(split_on_oom(self.predict_batch, self.device,
+                                             "MGCC prediction")(x), (h, w))
+            yield Progress("predict", 1, 1, message=name)
             return prob[0, 0].cpu().numpy().astype(np.float32)
         if mode != "tile":
             raise ValueError(f"unknown prediction mode {mode!r}: use 'resize' or 'tile'")
         from ..io import normalize_image
-        from ..tiling import predict_tiled
+        from ..tiling import iter_tiled
 
         img = normalize_image(arr, channels=self.channels)
 
@@ -112,9 +120,23 @@ class MGCCModel:
             t = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2)))
             return self.predict_batch(t).cpu().numpy()
 
-        out = predict_tiled(img, fn, tile=tile or self.size, overlap=overlap,
-                            batch_size=batch_size, out_channels=1, progress=progress)
-        return np.asarray(out[0], np.float32)
+        fn = split_on_oom(fn, self.device, "MGCC tiled prediction")
+        out = yield from iter_tiled(img, fn, tile=tile or self.size, overlap=overlap,
+                                    batch_size=batch_size, out_channels=1,
+                                    should_stop=should_stop, message=name)
+        return None if out is None else np.asarray(out[0], np.float32)
+
+    def predict_proba(self, image: np.ndarray, text: str | None = None, *, tiled: bool = True,
+                      device: Any = None, mode: str | None = None, tile: int | None = None,
+                      overlap: int = 32, batch_size: int = 4, progress=None) -> np.ndarray:
+        """Foreground probability (H, W) float32 for an image of any size (see
+        :meth:`iter_proba`); ``progress(done, total)`` after each tile batch."""
+        from ..progress import run
+
+        cb = None if progress is None else (lambda ev: progress(ev.step, ev.total))
+        return run(self.iter_proba(image, text, tiled=tiled, device=device, mode=mode,
+                                   tile=tile, overlap=overlap, batch_size=batch_size),
+                   callback=cb)
 
     def predict_mask(self, image: np.ndarray, threshold: float | None = None,
                      instances: bool = False, **kw) -> np.ndarray:
@@ -128,72 +150,18 @@ class MGCCModel:
         return mask
 
     # ------------------------------------------------------------------ fine-tuning
-    def finetune(self, examples: Sequence, *, epochs: int = 20, lr: float = 1e-4,
-                 should_stop=None, batch_size: int = 2, augment: bool = True, seed: int = 0,
-                 device: Any = None, **kw):
-        """Fine-tune the main decoder (attention gates included) on a few corrected masks.
+    def finetune(self, examples: Sequence, *, should_stop=None, device: Any = None, **kw):
+        """Fine-tune the main decoder on a few corrected masks (progress generator).
 
-        The encoder and ConvMixer stay frozen and every BatchNorm keeps its running statistics
-        (the net stays in eval mode): a handful of images would ruin them. Yields
-        ``Progress("finetune", ...)`` after every step; the model is usable at every yield.
-        Returns the list of per-epoch mean losses.
+        Options and their defaults: ``core.mgcc.finetune.FINETUNE_DEFAULTS`` (epochs, lr,
+        batch_size, optimizer, train, augment) plus ``seed``; see ``finetune_model``. The
+        encoder stays frozen and BatchNorm keeps its statistics. Returns per-epoch mean losses.
         """
-        from ..device import autocast
+        from .finetune import finetune_model
 
-        if kw:
-            raise TypeError(f"unexpected fine-tune options: {sorted(kw)}")
-        if not examples:
-            raise ValueError("fine-tuning needs at least one image/mask example")
         if device is not None:
             self.to(device)
-        xs, ys = [], []
-        for i, ex in enumerate(examples):
-            img, m = ex.image, ex.mask
-            if np.asarray(m).shape[:2] != np.asarray(img).shape[:2]:
-                raise ValueError(f"example {ex.name or i}: mask shape {np.asarray(m).shape[:2]} "
-                                 f"!= image shape {np.asarray(img).shape[:2]}")
-            xs.append(image_tensor(img, self.channels, self.size))
-            ys.append(mask_tensor(m, self.size))
-        X, Y = torch.stack(xs), torch.stack(ys)
-        rng = np.random.default_rng(seed)
-        params = list(self.net.main_decoder.parameters())
-        train_ids = {id(p) for p in params}
-        frozen = [p for p in self.net.parameters() if id(p) not in train_ids]
-        saved_flags = [p.requires_grad for p in frozen]
-        for p in frozen:
-            p.requires_grad_(False)
-        opt = torch.optim.Adam(params, lr=lr)
-        steps_per_epoch = math.ceil(len(X) / batch_size)
-        total, step, history = epochs * steps_per_epoch, 0, []
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            for epoch in range(epochs):
-                order, losses = rng.permutation(len(X)), []
-                for s in range(steps_per_epoch):
-                    if should_stop is not None and should_stop():
-                        return history
-                    idx = order[s * batch_size:(s + 1) * batch_size]
-                    x, y = X[idx], Y[idx]
-                    if augment:
-                        x, y = dihedral(x, y, rng)
-                    with autocast(self.device):
-                        logits = self.net(normalize_input(x.to(self.device)))
-                    loss = bce_dice_loss(logits.float(), y.to(self.device))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    step += 1
-                    losses.append(float(loss.detach()))
-                    yield Progress("finetune", step=step, total=total, epoch=epoch + 1,
-                                   loss=losses[-1])
-                history.append(float(np.mean(losses)))
-            return history
-        finally:
-            for p, f in zip(frozen, saved_flags):
-                p.requires_grad_(f)
-            self.net.train(was_training)
-            self.meta["finetuned_examples"] = self.meta.get("finetuned_examples", 0) + len(X)
+        return (yield from finetune_model(self, examples, should_stop=should_stop, **kw))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path, dtype=None, meta: dict | None = None):

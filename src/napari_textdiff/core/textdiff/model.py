@@ -114,7 +114,7 @@ class TextDiffModel:
         import torch
 
         from ..device import resolve_device
-        from .head import TextDiffHead
+        from .head import build_head
 
         self.config = config
         self.features = features
@@ -124,11 +124,8 @@ class TextDiffModel:
         self.device = resolve_device(device)
         if head is None:
             torch.manual_seed(config.seed)
-            head = TextDiffHead(features.out_channels,
-                                text_dim=text_encoder.dim if text_encoder else 1,
-                                dim=config.dim, heads=config.heads, ff_mult=config.ff_mult,
-                                cross_attention_layers=config.cross_attention_layers,
-                                decoder=config.decoder, text_mode=config.text_mode)
+            head = build_head(config, features.out_channels,
+                              text_dim=text_encoder.dim if text_encoder else 1)
         self.head = head.to(self.device).eval()
         self.features.to(self.device)
         if self.text_encoder is not None:
@@ -159,7 +156,7 @@ class TextDiffModel:
         ``(unet, scheduler)`` pair (then ``config.backbone`` must name where it is saved for the
         bundle to be reloadable). ``text_encoder``: a :class:`TextEncoder` or a directory / id.
         """
-        from .features import DiffusionFeatures, load_backbone
+        from .features import build_features, load_backbone
         from .text_encoder import TextEncoder
 
         config = config or TextDiffConfig()
@@ -167,19 +164,20 @@ class TextDiffModel:
             config = TextDiffConfig.from_dict({**config.to_dict(), **overrides})
         if backbone is None:
             backbone = config.backbone
-        if not backbone:
+        if not backbone and config.features == "classic":
+            unet = sched = None
+        elif not backbone:
             raise ValueError("no diffusion backbone given (a UNet2DModel.save_pretrained "
                              "directory; see `napari-textdiff pretrain-backbone`)")
-        if isinstance(backbone, (str, os.PathLike)):
+        elif isinstance(backbone, (str, os.PathLike)):
             ref = str(backbone)
             unet, sched = load_backbone(ref)
             config.backbone = str(Path(ref).expanduser().resolve()) if Path(ref).expanduser() \
                 .is_dir() else ref
         else:
             unet, sched = backbone if isinstance(backbone, tuple) else (backbone, None)
-        feats = DiffusionFeatures(unet, sched, taps=config.taps, steps=config.steps,
-                                  noise_seed=config.noise_seed, device=device)
-        config.taps = list(feats.taps)       # resolved names, stored in the bundle
+        feats = build_features(config, unet, sched, device=device)
+        config.taps = list(feats.taps) or None   # resolved names, stored in the bundle
         enc = None
         if config.text_mode != "none":
             if isinstance(text_encoder, TextEncoder):
@@ -296,29 +294,32 @@ class TextDiffModel:
         c = self.config
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
+        from .train import epoch_batches, random_crop
+
         opt = torch.optim.Adam(self.head.parameters(), lr=lr)
         bs = max(1, min(c.batch_size, cache.n))
-        per_epoch = math.ceil(cache.n / bs)
+        per_epoch = c.epoch_steps or math.ceil(cache.n / bs)
         total = per_epoch * epochs
         text_all = self._text_tensors(cache.texts) if self.uses_text else (None, None)
         hist: dict[str, Any] = {"loss": [], "val_dice": [], "best_epoch": None,
-                                "stopped": False, "epochs_run": 0}
+                                "stopped": False, "epochs_run": 0, "epoch_seconds": []}
         best = (-1.0, None)
         bad_epochs = 0
         step = 0
         t0 = time.monotonic()
-        from ..device import autocast
+        from ..amp import Amp
+        amp = Amp(self.device, what=f"TextDiff {stage}")
         try:
             for epoch in range(1, epochs + 1):
-                perm = rng.permutation(cache.n)
                 losses = []
-                for i in range(0, cache.n, bs):
+                for idx in epoch_batches(cache.n, bs, c.epoch_steps, rng):
                     if should_stop is not None and should_stop():
                         hist["stopped"] = True
                         return hist
-                    idx = np.sort(perm[i:i + bs])
                     aug = rng.integers(0, 8, len(idx)) if c.augment else None
                     feats, masks, valid = cache.batch(idx, aug)
+                    feats, masks, valid = random_crop(feats, masks, valid,
+                                                      self.features.strides, c.crop_size, rng)
                     feats = [f.to(self.device) for f in feats]
                     masks, valid = masks.to(self.device), valid.to(self.device)
                     th, tm = text_all
@@ -326,16 +327,14 @@ class TextDiffModel:
                         ti = torch.as_tensor(cache.text[idx], device=self.device)
                         th, tm = th[ti], tm[ti]
                     self.head.train()
-                    with autocast(self.device):
+                    with amp.autocast():
                         logits = self.head(feats, th, tm, out_size=masks.shape[-2:])
                     logits = logits.float()
                     ce = (F.cross_entropy(logits, masks, reduction="none") * valid).sum() \
                         / valid.sum().clamp_min(1)
                     prob = logits.softmax(1)[:, 1]
                     loss = ce + c.dice_weight * _soft_dice_loss(prob, masks.float(), valid)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    amp.step(loss, opt)
                     self.head.eval()
                     step += 1
                     losses.append(float(loss.detach()))
@@ -343,6 +342,7 @@ class TextDiffModel:
                                    elapsed=time.monotonic() - t0)
                 hist["loss"].append(float(np.mean(losses)))
                 hist["epochs_run"] = epoch
+                hist["epoch_seconds"].append(time.monotonic() - t0)
                 if val_cache is not None:
                     d = self._cache_dice(val_cache)
                     hist["val_dice"].append(d)
@@ -478,14 +478,31 @@ class TextDiffModel:
     def _predict_fn(self, text: str | None):
         import torch
 
+        from ..memory import split_on_oom
+
+        # features stay on the device in the backbone's dtype (no CPU round trip)
+        on_dev = getattr(type(self.features), "device_features", None)
+
         def fn(batch):
             batch = np.asarray(batch, dtype=np.float32)
-            feats = self.features(batch, batch_size=len(batch))
+            feats = (on_dev(self.features, batch, batch_size=len(batch)) if on_dev is not None
+                     else self.features(batch, batch_size=len(batch)))
             th, tm = self._text_tensors([text or ""], b=len(batch)) if self.uses_text \
                 else (None, None)
             p = self._head_proba([f.to(self.device) for f in feats], th, tm, batch.shape[1:3])
             return p[:, None].cpu().numpy().astype(np.float32)
-        return fn
+        return split_on_oom(fn, self.device, "TextDiff prediction")
+
+    def iter_proba(self, image, text: str | None = None, *, tiled: bool = True, device=None,
+                   batch_size: int = 1, should_stop=None, name: str = ""):
+        """Prediction as a progress generator (one event per tile batch; Stop honoured within
+        a UNet block): returns the probability map (H, W) float32, or None when stopped.
+        See :mod:`.prediction`."""
+        from .prediction import iter_proba
+
+        return (yield from iter_proba(self, image, text, tiled=tiled, device=device,
+                                      batch_size=batch_size, should_stop=should_stop,
+                                      name=name))
 
     def predict_proba(self, image, text: str | None = None, *, tiled: bool = True,
                       device=None, batch_size: int = 4, progress=None) -> np.ndarray:
@@ -493,24 +510,13 @@ class TextDiffModel:
 
         Tiled at the working scale by default; ``tiled=False`` (or a model trained with
         ``resize_to``) resizes the whole image to the working size (the paper protocol).
+        ``progress(done, total)`` is called after each tile batch.
         """
-        if device is not None:
-            self.to(device)
-        t0 = time.monotonic()
-        img = self._prepare(image)
-        h, w = img.shape[:2]
-        c = self.config
-        fn = self._predict_fn(text)
-        if c.resize_to or not tiled:
-            s = c.resize_to or c.working_size
-            work = _resize(img, (s, s), 1)
-            prob = fn(work[None])[0, 0]
-        else:
-            work = _resize(img, self._working_shape(img.shape), 1)
-            prob = _tiled(work, fn, c.working_size, c.tile_overlap, batch_size, progress)
-        prob = np.clip(_resize(prob.astype(np.float32), (h, w), 1), 0, 1)
-        self.last_timings = {"predict_seconds": time.monotonic() - t0}
-        return prob.astype(np.float32)
+        from ..progress import run
+
+        cb = None if progress is None else (lambda ev: progress(ev.step, ev.total))
+        return run(self.iter_proba(image, text, tiled=tiled, device=device,
+                                   batch_size=batch_size), callback=cb)
 
     def predict(self, image, text: str | None = None, *, threshold: float | None = None,
                 instances: bool = False, **kw) -> np.ndarray:
@@ -538,7 +544,7 @@ class TextDiffModel:
         from ..bundle import save_bundle
 
         c = self.config
-        if not c.backbone:
+        if not c.backbone and c.features != "classic":
             raise ValueError("cannot save: the model's backbone has no path/id (create the "
                              "model from a saved backbone directory)")
         path = Path(path)
@@ -551,7 +557,7 @@ class TextDiffModel:
             channels=self.channels,
             text_dim=self.text_encoder.dim if self.text_encoder else None,
         )
-        if Path(c.backbone).is_dir():
+        if c.backbone and Path(c.backbone).is_dir():
             meta["backbone_relpath"] = os.path.relpath(Path(c.backbone).resolve(),
                                                        path.resolve().parent)
         if self.text_encoder is not None:
@@ -571,8 +577,8 @@ class TextDiffModel:
         one the head was trained on is refused (fingerprint check).
         """
         from ..bundle import BundleError, load_bundle
-        from .features import DiffusionFeatures, load_backbone
-        from .head import TextDiffHead
+        from .features import build_features, load_backbone
+        from .head import build_head
         from .text_encoder import TextEncoder
 
         path = Path(path)
@@ -604,15 +610,16 @@ class TextDiffModel:
             raise BundleError(f"{path}: the {what} this model needs was not found (looked at "
                               f"{cands}); pass its location ({what}=...)")
 
-        bb = locate(backbone, meta.get("backbone_relpath"), config.backbone, "backbone")
-        try:
-            unet, sched = load_backbone(bb)
-        except (FileNotFoundError, ValueError) as e:
-            raise BundleError(f"{path}: cannot load its backbone: {e}") from e
-        feats = DiffusionFeatures(unet, sched, taps=config.taps, steps=config.steps,
-                                  noise_seed=config.noise_seed, device=device)
+        bb, unet, sched = "", None, None
+        if config.features != "classic":
+            bb = locate(backbone, meta.get("backbone_relpath"), config.backbone, "backbone")
+            try:
+                unet, sched = load_backbone(bb)
+            except (FileNotFoundError, ValueError) as e:
+                raise BundleError(f"{path}: cannot load its backbone: {e}") from e
+        feats = build_features(config, unet, sched, device=device)
         fp = meta.get("backbone_fingerprint")
-        if fp and feats.fingerprint() != fp:
+        if fp and unet is not None and feats.fingerprint() != fp:
             raise BundleError(f"{path}: this head was trained on another backbone (fingerprint "
                               f"{fp}); {bb} has fingerprint {feats.fingerprint()}. Load it with "
                               "the backbone it was trained on (backbone=...).")
@@ -630,23 +637,10 @@ class TextDiffModel:
             if tfp and enc.fingerprint() != tfp:
                 raise BundleError(f"{path}: this head was trained with another text encoder "
                                   f"(fingerprint {tfp}, found {enc.fingerprint()}).")
-        head = TextDiffHead(feats.out_channels, text_dim=enc.dim if enc else 1, dim=config.dim,
-                            heads=config.heads, ff_mult=config.ff_mult,
-                            cross_attention_layers=config.cross_attention_layers,
-                            decoder=config.decoder, text_mode=config.text_mode)
+        head = build_head(config, feats.out_channels, text_dim=enc.dim if enc else 1)
         hs = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
         try:
             head.load_state_dict(hs, strict=True)
         except RuntimeError as e:
             raise BundleError(f"{path}: head weights do not fit its config ({e})") from e
         return cls(config, feats, enc, head=head, device=device, meta=meta)
-
-
-def _tiled(image, fn, tile, overlap, batch_size, progress):
-    """Tiled prediction through ``core.tiling.predict_tiled``."""
-    from ..tiling import predict_tiled
-
-    out = predict_tiled(image, fn, tile=tile, overlap=overlap, batch_size=batch_size,
-                        out_channels=1, progress=progress)
-    out = np.asarray(out)
-    return out[0] if out.ndim == 3 else out

@@ -1,0 +1,45 @@
+"""Prediction of any model as one progress generator, and probabilities → label images.
+
+The GUI worker, the CLI ``segment`` progress bar and the Python API drive the same generator:
+one ``Progress("predict", tiles_done, tiles_total, message=image_name)`` per tile batch, Stop
+honoured between tiles (and inside the diffusion backbone for TextDiff), ``None`` returned
+when stopped so the caller keeps the labels it had.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .progress import Progress
+
+__all__ = ["iter_predict", "probability_to_labels"]
+
+
+def iter_predict(model, image, text: str | None = None, *, tiled: bool = True, device=None,
+                 should_stop: Callable[[], bool] | None = None, name: str = ""):
+    """Progress generator of ``model``'s probability map (H, W) float32 (None if stopped).
+
+    Models with ``iter_proba`` stream per tile; any other ``SegmentationModel`` is wrapped
+    as one step. ``text`` is passed only to models that use it.
+    """
+    text = text if getattr(model, "uses_text", False) else None
+    if hasattr(model, "iter_proba"):
+        return (yield from model.iter_proba(image, text, tiled=tiled, device=device,
+                                            should_stop=should_stop, name=name))
+    yield Progress("predict", 0, 1, message=name)
+    if should_stop is not None and should_stop():
+        return None
+    prob = model.predict_proba(image, text, tiled=tiled, device=device)
+    yield Progress("predict", 1, 1, message=name)
+    return np.asarray(prob, np.float32)
+
+
+def probability_to_labels(prob: np.ndarray, threshold: float, split: bool) -> np.ndarray:
+    """int32 labels: {0, 1} or, with ``split``, one id per object (touching ones separated)."""
+    mask = np.asarray(prob) >= threshold
+    if split:
+        from .instances import binary_to_instances
+
+        return np.asarray(binary_to_instances(mask), dtype=np.int32)
+    return mask.astype(np.int32)

@@ -1,0 +1,101 @@
+"""Prediction as a progress generator: one event per tile, same map as predict_proba, Stop
+between tiles and inside the diffusion backbone returns None."""
+import numpy as np
+import pytest
+
+from napari_textdiff.core.prediction import iter_predict, probability_to_labels
+from napari_textdiff.core.progress import run
+
+
+def _drain(gen):
+    events = []
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as stop:
+        return events, stop.value
+
+
+def test_textdiff_streams_one_event_per_tile_and_matches_predict_proba(tiny_textdiff_path):
+    from napari_textdiff.core.models import load_model
+
+    m = load_model(tiny_textdiff_path, device="cpu")
+    img = np.random.default_rng(0).random((70, 50, 3)).astype(np.float32)
+    events, prob = _drain(iter_predict(m, img, "the object on the left", name="a.png"))
+    # working size 32, overlap 8 at scale 1: 3 x 2 tiles
+    assert [e.step for e in events] == list(range(1, 7))
+    assert all(e.total == 6 and e.message == "a.png" and e.stage == "predict" for e in events)
+    ref = m.predict_proba(img, "the object on the left")
+    assert prob.shape == (70, 50) and prob.dtype == np.float32
+    np.testing.assert_allclose(prob, ref, atol=1e-5)
+
+
+def test_stop_between_tiles_returns_none(tiny_textdiff_path):
+    from napari_textdiff.core.models import load_model
+
+    m = load_model(tiny_textdiff_path, device="cpu")
+    img = np.random.default_rng(1).random((70, 50, 3)).astype(np.float32)
+    seen = []
+    gen = iter_predict(m, img, "x", should_stop=lambda: len(seen) >= 2)
+    events, prob = [], "unset"
+    try:
+        while True:
+            ev = next(gen)
+            seen.append(ev)
+    except StopIteration as stop:
+        prob = stop.value
+    assert prob is None and len(seen) == 2
+
+
+def test_stop_inside_the_backbone_aborts_the_forward(tiny_textdiff_path):
+    """Once Stop is asked, the UNet's next block raises: the tile is not finished."""
+    from napari_textdiff.core.models import load_model
+
+    m = load_model(tiny_textdiff_path, device="cpu")
+    img = np.random.default_rng(2).random((30, 30, 3)).astype(np.float32)
+    calls = {"n": 0}
+
+    def stop():            # false for the check before the tile, true inside the UNet
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    events, prob = _drain(iter_predict(m, img, "x", should_stop=stop))
+    assert prob is None and events == []
+    assert calls["n"] == 3                     # stopped at the UNet's second block
+    # the hooks are gone afterwards: a normal prediction still runs fully
+    assert run(iter_predict(m, img, "x")).shape == (30, 30)
+
+
+def test_mgcc_tiles_and_resize(tiny_mgcc_path):
+    from napari_textdiff.core.models import load_model
+
+    m = load_model(tiny_mgcc_path, device="cpu")
+    img = np.random.default_rng(3).random((70, 40, 1)).astype(np.float32)
+    events, prob = _drain(m.iter_proba(img, mode="tile", overlap=8, batch_size=1, name="u"))
+    assert len(events) == events[-1].total > 1
+    np.testing.assert_allclose(prob, m.predict_proba(img, mode="tile", overlap=8), atol=1e-6)
+    events, prob = _drain(iter_predict(m, img, tiled=False))
+    assert [(e.step, e.total) for e in events] == [(0, 1), (1, 1)]
+    assert prob.shape == (70, 40)
+
+
+def test_models_without_iter_proba_are_wrapped():
+    class Plain:
+        uses_text = False
+
+        def predict_proba(self, image, text=None, *, tiled=True, device=None):
+            assert text is None                     # text only for models that use it
+            return np.asarray(image)[..., 0]
+
+    events, prob = _drain(iter_predict(Plain(), np.ones((4, 5, 1)), "ignored"))
+    assert [(e.step, e.total) for e in events] == [(0, 1), (1, 1)] and prob.shape == (4, 5)
+
+
+@pytest.mark.parametrize("split,expected_max", [(False, 1), (True, 2)])
+def test_probability_to_labels(split, expected_max):
+    p = np.zeros((10, 10), np.float32)
+    p = np.zeros((12, 12), np.float32)
+    p[1:5, 1:5] = 0.9
+    p[7:11, 7:11] = 0.8
+    lab = probability_to_labels(p, 0.5, split)
+    assert lab.dtype == np.int32 and lab.max() == expected_max and (lab > 0).sum() == 32
