@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Text-guided, label-efficient segmentation of medical images "
                     "(TextDiff + MGCC). Models, training and evaluation without napari.")
     p.add_argument("--version", action="version", version=f"napari-textdiff {__version__}")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default=None,
+                   help="GPU precision: auto (bf16 on compute capability >= 8.0, fp16 with loss "
+                        "scaling on 7.x, else fp32) or forced; also NAPARI_TEXTDIFF_PRECISION")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -41,6 +44,9 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if getattr(args, "precision", None):
+        from napari_textdiff.core.device import set_precision
+        set_precision(args.precision)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

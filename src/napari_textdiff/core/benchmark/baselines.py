@@ -115,7 +115,8 @@ def train_unet(examples: Sequence[Example], *, config: SupervisedConfig | None =
     """Progress generator: Adam on 0.5·BCE + Dice; returns ``(MGCCModel over the U-Net,
     loss history)``. Images are resized to ``config.size``² (pass crops for tiled work).
     With ``val`` the weights with the best mean validation IoU are kept (as MGCC's trainer)."""
-    from ..device import autocast, resolve_device
+    from ..amp import Amp
+    from ..device import resolve_device
     from ..mgcc.trainer import evaluate_model
 
     cfg = config or SupervisedConfig()
@@ -128,6 +129,7 @@ def train_unet(examples: Sequence[Example], *, config: SupervisedConfig | None =
     torch.manual_seed(cfg.seed)
     net = UNet(ncfg).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    amp = Amp(dev, what="U-Net training")
     rng = np.random.default_rng(cfg.seed)
     model = MGCCModel(net, size=cfg.size, inference=inference, device=dev,
                       meta={"baseline": "unet", "net": ncfg.to_dict()})
@@ -150,12 +152,10 @@ def train_unet(examples: Sequence[Example], *, config: SupervisedConfig | None =
             if cfg.augment:
                 x, y = dihedral(x, y, rng)
             net.train()
-            with autocast(dev):
+            with amp.autocast():
                 logits = net(normalize_input(x.to(dev)))
             loss = bce_dice_loss(logits.float(), y.to(dev))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            amp.step(loss, opt)
             losses.append(float(loss.detach()))
             yield Progress("train", step=it, total=cfg.iterations, loss=losses[-1],
                            elapsed=time.monotonic() - t0)

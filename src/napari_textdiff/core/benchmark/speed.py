@@ -5,6 +5,7 @@ Timings use whatever weights are available (bundled backbone / LDM, else randoml
 or 1-step-trained ones of the same architecture): speed does not depend on the weights, and the
 JSON records which were used. Latency = median of ``repeats`` runs after one warm-up.
 Peak memory: CUDA's max allocated memory on a GPU, the process's peak RSS on a CPU.
+Timers synchronise the device in use; the precision chosen there is recorded.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class SpeedConfig:
     text_encoder: str | None = None
     head_preset: str = "cpu"
     mgcc_widths: list[float] = dataclasses.field(default_factory=lambda: [1.0, 0.25])
+    throughput_batch: int | None = None   # MGCC batched images/s (default 64 on GPU, 8 on CPU)
     unet_width: float = 0.25
     finetune_images: int = 5
     finetune_epochs: int = 5
@@ -91,7 +93,7 @@ def run_speed(out_dir, config: SpeedConfig | None = None, argv=None,
     import torch
 
     from ..defaults import default_ldm_dir
-    from ..device import resolve_device
+    from ..device import describe_precision, resolve_device
     from ..mgcc.model import MGCCModel
     from ..progress import run
     from .baselines import UNet, UNetConfig
@@ -121,8 +123,10 @@ def run_speed(out_dir, config: SpeedConfig | None = None, argv=None,
     feats_raw = variants.features
     model.features = feats_raw     # time the real work: no memo
     batch = tile.image[None]
-    t_feat = _time(lambda: feats_raw(batch, batch_size=1), cfg.repeats, dev)
-    f = [x.to(dev) for x in feats_raw(batch, batch_size=1)]
+    # what prediction does: features stay on the device between backbone and head
+    feat_fn = getattr(feats_raw, "device_features", feats_raw)
+    t_feat = _time(lambda: feat_fn(batch, batch_size=1), cfg.repeats, dev)
+    f = [x.to(dev) for x in feat_fn(batch, batch_size=1)]
     th, tm = model._text_tensors([tile.text])
     t_head = _time(lambda: model._head_proba(f, th, tm, (s, s)), cfg.repeats, dev)
     t_text = _time(lambda: variants.encoder.model(
@@ -154,6 +158,12 @@ def run_speed(out_dir, config: SpeedConfig | None = None, argv=None,
         n_par = int(sum(p.numel() for p in m.net.parameters()))
         put(f"MGCC width {w} per {s}² tile (inference path, {n_par / 1e6:.2f} M params)",
             1000 * _time(lambda: m.predict_batch(x), cfg.repeats, dev), "ms")
+        if w == cfg.mgcc_widths[0]:
+            nb = cfg.throughput_batch or (64 if dev.type == "cuda" else 8)
+            xb = x.expand(nb, -1, -1, -1).contiguous().to(dev)
+            t_b = _time(lambda: m.predict_batch(xb), cfg.repeats, dev)
+            put(f"MGCC width {w} batched throughput ({s}² images, batch {nb})", nb / t_b,
+                "images/s")
         if w == cfg.mgcc_widths[-1]:
             with Stopwatch(dev) as sw:
                 for ev in _untimed(m.finetune(ex, epochs=cfg.finetune_epochs, lr=1e-4)):
@@ -200,6 +210,7 @@ def run_speed(out_dir, config: SpeedConfig | None = None, argv=None,
     result = {
         "benchmark": "speed",
         "run": run_record(argv, dev, [cfg.seed], asdict(cfg), started),
+        "precision": describe_precision(dev),
         "backbone": bb_rec,
         "ldm": ldm_rec,
         "text_encoder": variants.text_ref,

@@ -110,7 +110,8 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
     from diffusers.training_utils import EMAModel
     from safetensors.torch import save_file
 
-    from ..device import autocast, resolve_device
+    from ..amp import Amp
+    from ..device import resolve_device
 
     from .crops import load_image_set, resize_images
 
@@ -174,30 +175,29 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
     else:
         vae = AutoencoderKL(**vae_config(vae_preset, cfg.channels, size)).to(dev)
         opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+        amp = Amp(dev, what="LDM autoencoder training")
         vae.train()
-        step, loss_acc, mse_acc, k = 0, 0.0, 0.0, 0
+        step, loss_acc, mse_acc, k = 0, 0.0, 0.0, 0   # device tensors once summed: no sync
         try:
             while step < cfg.vae_steps and not stopped():
                 x = batch(cfg.vae_batch)
-                with autocast(dev):
+                with amp.autocast():
                     post = vae.encode(x).latent_dist
                     z = post.mean + post.std * torch.randn(post.mean.shape, generator=g,
                                                            device=dev)
                     rec = vae.decode(z).sample
                 mse = F.mse_loss(rec.float(), x)
                 loss = mse + cfg.kl_weight * post.kl().float().mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-                opt.step()
+                amp.step(loss, opt, clip_norm=1.0)
                 step += 1
-                loss_acc += loss.item()
-                mse_acc += mse.item()
+                loss_acc += loss.detach()
+                mse_acc += mse.detach()
                 k += 1
                 if step % cfg.checkpoint_every == 0:
                     save_pretrained_atomic(vae, vae_dir)
                 if step % cfg.log_every == 0 or step == cfg.vae_steps:
-                    meta.update(vae_loss=loss_acc / k, vae_mse=mse_acc / k, vae_steps_done=step)
+                    meta.update(vae_loss=float(loss_acc) / k, vae_mse=float(mse_acc) / k,
+                                vae_steps_done=step)
                     loss_acc, mse_acc, k = 0.0, 0.0, 0
                     yield Progress("vae", step, cfg.vae_steps, loss=meta["vae_loss"],
                                    metrics={"mse": meta["vae_mse"]},
@@ -243,6 +243,7 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
                           beta_end=cfg.beta_end, clip_sample=False, prediction_type="epsilon")
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr)
+    amp = Amp(dev, what="LDM latent UNet training")
     alphas = sched.alphas_cumprod.to(dev)
     sched.save_pretrained(out / "scheduler")
 
@@ -267,20 +268,17 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
             noise = torch.randn(z0.shape, generator=g, device=dev)
             t = torch.randint(0, cfg.num_train_timesteps, (len(idx),), generator=g, device=dev)
             a = alphas[t].view(-1, 1, 1, 1)
-            with autocast(dev):
+            with amp.autocast():
                 pred = unet((a.sqrt() * z0 + (1 - a).sqrt() * noise), t).sample
             loss = F.mse_loss(pred.float(), noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
+            amp.step(loss, opt, clip_norm=1.0)
             ema.step(unet.parameters())
             step += 1
-            loss_acc += loss.item()
+            loss_acc += loss.detach()
             k += 1
             meta["unet_steps_done"] = step
             if step % cfg.log_every == 0 or step == cfg.unet_steps:
-                meta["unet_loss"] = loss_acc / k
+                meta["unet_loss"] = float(loss_acc) / k
                 loss_acc, k = 0.0, 0
                 if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
                     save_unet()

@@ -159,10 +159,12 @@ def pretrain_backbone(images, out_dir, config: PretrainConfig | None = None, dev
     dev = None if launched and device == "auto" else resolve_device(device)
     mp = cfg.mixed_precision
     if mp == "auto":
-        dt = autocast_dtype(dev) if dev is not None else (
-            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-            else None)
+        # by compute capability (core.device); accelerate adds the GradScaler for fp16
+        dt = autocast_dtype(dev if dev is not None else
+                            ("cuda" if torch.cuda.is_available() else "cpu"))
         mp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dt, "no")
+        if mp == "fp16" and (dev is None or dev.type != "cuda") and not torch.cuda.is_available():
+            mp = "no"      # accelerate has no fp16 on CPU
     acc = Accelerator(cpu=dev is not None and dev.type == "cpu", mixed_precision=mp)
     device = acc.device
     rank = acc.process_index

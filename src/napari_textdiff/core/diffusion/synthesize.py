@@ -20,7 +20,21 @@ from ..progress import Progress
 
 from .ldm import LDM_META, _rmse_matrix, thumbnails
 
-__all__ = ["TrainingIndex", "load_ldm", "synthesize", "write_samples"]
+__all__ = ["TrainingIndex", "load_ldm", "synthesize", "write_samples", "clear_pipeline_cache"]
+
+# the last loaded LDM, so repeated Generate clicks do not reload it (``device.release`` clears it)
+_PIPELINE_CACHE: dict = {}
+
+
+def clear_pipeline_cache() -> None:
+    """Forget the cached LDM (frees its memory once nothing else holds it)."""
+    _PIPELINE_CACHE.clear()
+
+
+def _ldm_key(d: Path, device) -> tuple:
+    files = [d / LDM_META, *sorted((d / "unet").glob("*")), *sorted((d / "vae").glob("*"))]
+    return (str(d.resolve()), str(device),
+            tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file()))
 
 
 class TrainingIndex:
@@ -56,8 +70,17 @@ class TrainingIndex:
         return dist.float(), idx % len(self.names)
 
 
-def load_ldm(ldm_dir, device="cpu"):
-    """``(vae, unet, ddpm_scheduler, meta)`` from a :func:`train_ldm` directory."""
+def load_ldm(ldm_dir, device="cpu", cache: bool = False):
+    """``(vae, unet, ddpm_scheduler, meta)`` from a :func:`train_ldm` directory (with
+    ``cache``, the last one loaded is reused while its files are unchanged)."""
+    if cache:
+        from ..device import resolve_device
+
+        key = _ldm_key(Path(ldm_dir), resolve_device(device))
+        if key not in _PIPELINE_CACHE:
+            _PIPELINE_CACHE.clear()          # one LDM at a time: drop the old one first
+            _PIPELINE_CACHE[key] = load_ldm(ldm_dir, device)
+        return _PIPELINE_CACHE[key]
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 
@@ -98,7 +121,7 @@ def synthesize(ldm_dir, n: int, steps: int = 50, eta: float = 0.0, seed: int = 0
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     dev = resolve_device(device)
-    vae, unet, ddpm, meta = load_ldm(ldm_dir, dev)
+    vae, unet, ddpm, meta = load_ldm(ldm_dir, dev, cache=True)
     index = TrainingIndex.load(ldm_dir)
     sched = DDIMScheduler.from_config(ddpm.config, clip_sample=False, set_alpha_to_one=False,
                                       steps_offset=1)
