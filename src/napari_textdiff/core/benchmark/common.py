@@ -122,9 +122,9 @@ class Stopwatch:
         self.seconds = float("nan")
 
     def _sync(self):
-        if self.device is not None and str(self.device).startswith("cuda"):
-            import torch
-            torch.cuda.synchronize()
+        if self.device is not None and str(self.device) != "cpu":
+            from ..device import synchronize
+            synchronize(self.device)     # the device in use, not the default one
 
     def __enter__(self):
         self._sync()

@@ -127,6 +127,8 @@ class MGCCTrainer:
         self.net = MGCCNet(self.net_config).to(self.device)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=self.cfg.lr,
                                    momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
+        from ..amp import Amp
+        self.amp = Amp(self.device, what="MGCC training")
         self.rng = np.random.default_rng(self.cfg.seed)
         self.it = 0
         self.best_score = -1.0
@@ -152,6 +154,9 @@ class MGCCTrainer:
             "best_score": self.best_score, "best_it": self.best_it,
             "best_state": self.best_state, "history": self.history,
             "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            # Dropout on a GPU draws from the CUDA generators: exact resume needs them too
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "amp": self.amp.state_dict(),
             "perm": {k: (np.asarray(o).tolist(), int(pos)) for k, (o, pos) in self._perm.items()},
             "net_config": self.net_config.to_dict(), "train_config": dataclasses.asdict(self.cfg),
         }, p)
@@ -171,6 +176,9 @@ class MGCCTrainer:
         self.best_state = ck["best_state"]
         self.rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"].cpu())
+        if ck.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in ck["cuda_rng"]])
+        self.amp.load_state_dict(ck.get("amp"))
         self._perm = {k: (np.asarray(o, dtype=np.int64), pos) for k, (o, pos) in ck["perm"].items()}
 
     def _draw(self, key: str, n_items: int, k: int) -> np.ndarray:
@@ -188,8 +196,6 @@ class MGCCTrainer:
 
     # ------------------------------------------------------------------ one step
     def step(self) -> dict:
-        from ..device import autocast
-
         cfg = self.cfg
         li = self._draw("lab", len(self.X_lab), cfg.batch_labeled)
         x, y = self.X_lab[li].float() / 255, self.Y_lab[li].float()
@@ -209,7 +215,7 @@ class MGCCTrainer:
             g["lr"] = lr
         w = consistency_weight(self.it, cfg.w_max, cfg.ramp_length)
         self.net.train()
-        with autocast(self.device):
+        with self.amp.autocast():
             outs = self.net.forward_all(x)
         outs = [o.float() for o in outs]
         sup = supervised_loss([o[:nl] for o in outs], y)
@@ -218,12 +224,8 @@ class MGCCTrainer:
         else:
             cons = torch.zeros((), device=self.device)
         loss = sup + w * cons
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"MGCC loss is not finite at iteration {self.it} "
-                                     f"(sup {float(sup)}, cons {float(cons)}); lower --lr")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        self.amp.what = f"MGCC training (iteration {self.it})"
+        self.amp.step(loss, self.opt)   # not finite: skipped under fp16/bf16, error in fp32
         self.it += 1
         return {"loss": float(loss.detach()), "sup": float(sup.detach()),
                 "cons": float(cons.detach()), "w": w, "lr": lr}

@@ -214,7 +214,7 @@ class DiffusionFeatures:
             self.unet(xt, t)
         feats = []
         for name in self.taps:
-            a = self._acts[name].float()
+            a = self._acts[name]     # autocast dtype on a GPU: converted only when leaving it
             if raw:
                 feats.append(a)
                 continue
@@ -229,6 +229,12 @@ class DiffusionFeatures:
         Sizes that are not a multiple of the UNet's total stride are reflect-padded and the
         features cropped back. Returns a list (one per tap) of float32 CPU tensors.
         """
+        return self.device_features(images, batch_size, on_device=False)
+
+    def device_features(self, images, batch_size: int = 4, on_device: bool = True):
+        """As ``__call__`` but the tensors stay on ``self.device`` in the dtype the backbone
+        produced them (bf16/fp16 under GPU autocast): no GPU -> CPU -> GPU round trip and no
+        float32 copy between backbone and head (prediction). ``on_device=False``: float32 CPU."""
         import torch
         import torch.nn.functional as F
 
@@ -245,8 +251,8 @@ class DiffusionFeatures:
                 if ph or pw:
                     s = self.strides[k]
                     f = f[..., :-(-h // s), :-(-w // s)]
-                out[k].append(f.cpu())
-        return [torch.cat(o) for o in out]
+                out[k].append(f if on_device else f.cpu().float())
+        return [torch.cat(o) if len(o) > 1 else o[0] for o in out]
 
     def close(self):
         for hk in self._hooks:
