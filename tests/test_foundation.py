@@ -69,7 +69,7 @@ def test_bundle_errors(tmp_path):
     data = p.read_bytes()
     trunc = tmp_path / "trunc.safetensors"
     trunc.write_bytes(data[: len(data) - 50])
-    with pytest.raises(bundle.BundleError, match="corrupt"):
+    with pytest.raises(bundle.BundleError, match="truncated"):
         bundle.load_bundle(trunc)
     with pytest.raises(bundle.BundleError, match="unknown model kind"):
         load_model(p)

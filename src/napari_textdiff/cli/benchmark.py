@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 import time
 
+from napari_textdiff.cli._common import writable_folder
+
 
 def _ints(s: str) -> list[int]:
     try:
@@ -224,6 +226,7 @@ def _monuseg(args) -> int:
         "head_preset": "head_preset", "size": "size", "feature_cache_mb": "feature_cache_mb",
         "min_head_steps": "min_head_steps", "device": "device"})
     cfg = MonusegConfig.quick(**over) if args.quick else MonusegConfig(**over)
+    writable_folder(args.out)
     res = _drive(run_monuseg(args.data, args.out, cfg, argv=_command(args), **_resume(args)),
                  not args.no_progress)
     return _finish(res)
@@ -242,6 +245,7 @@ def _busi(args) -> int:
                              "batch_unlabeled": "batch_unlabeled",
                              "device": "device"})
     cfg = BusiConfig.quick(**over) if args.quick else BusiConfig(**over)
+    writable_folder(args.out)
     res = _drive(run_busi(args.data, args.out, cfg, argv=_command(args), **_resume(args)),
                  not args.no_progress)
     return _finish(res)
@@ -261,6 +265,7 @@ def _xray(args) -> int:
     if args.k is not None:
         over["k"] = [x if x == "all" else int(x) for x in _strs(args.k)]
     cfg = XrayConfig.quick(**over) if args.quick else XrayConfig(**over)
+    writable_folder(args.out)
     res = _drive(run_xray(args.data, args.out, cfg, argv=_command(args), **_resume(args)),
                  not args.no_progress)
     return _finish(res)
@@ -278,6 +283,7 @@ def _speed(args) -> int:
     if "seeds" in over:
         over["seed"] = over.pop("seeds")[0]
     cfg = SpeedConfig.quick(**over) if args.quick else SpeedConfig(**over)
+    writable_folder(args.out)
     res = _drive(run_speed(args.out, cfg, argv=_command(args)), not args.no_progress)
     return _finish(res)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import sys
 
+from napari_textdiff.cli._common import add_model_location_args
+
 
 def register(sub) -> None:
     p = sub.add_parser("calibrate", help="pick a model's probability threshold on validation "
@@ -28,6 +30,7 @@ def register(sub) -> None:
                    help="comma-separated thresholds to try (default 0.10, 0.15, ..., 0.95)")
     p.add_argument("--out", default=None, help="where to save (default: overwrite --model)")
     p.add_argument("--dry-run", action="store_true", help="report the choice, save nothing")
+    add_model_location_args(p)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run)
 
@@ -54,13 +57,18 @@ def warn_if_few(n: int) -> None:
 def _run(args) -> int:
     from pathlib import Path
 
+    from napari_textdiff.cli._common import load_model, probability, writable_file
     from napari_textdiff.cli.textdiff import _samples
     from napari_textdiff.core.calibration import DEFAULT_GRID, tune_threshold
-    from napari_textdiff.core.models import load_model
     from napari_textdiff.core.progress import print_progress, run
 
-    grid = DEFAULT_GRID if not args.grid else [float(t) for t in args.grid.split(",")]
-    model = load_model(args.model, device=args.device)
+    try:
+        grid = DEFAULT_GRID if not args.grid else [probability(t) for t in args.grid.split(",")]
+    except Exception as e:
+        raise ValueError(f"--grid {args.grid}: {e}") from None
+    if not args.dry_run:             # before any prediction: the choice must not be lost
+        writable_file(args.out or args.model, "--out" if args.out else "--model")
+    model = load_model(args)
     training = (getattr(model, "meta", None) or {}).get("training") or {}
     val_names = list(training.get("val_names") or [])
     names = args.names
@@ -83,7 +91,11 @@ def _run(args) -> int:
     out = None
     if not args.dry_run:
         out = Path(args.out or args.model)
-        model.save(out)
+        try:
+            model.save(out)
+        except OSError as e:         # still say what was found
+            raise OSError(f"{e}; the threshold picked was {rec['threshold']} (store it with "
+                          f"`napari-textdiff calibrate ... --grid {rec['threshold']}`)") from e
     print(json.dumps({"model": str(out) if out else None, **{
         k: rec[k] for k in ("threshold", "previous", "dice", "dice_at_previous", "n_images")},
         "dice_by_threshold": {f"{t:g}": round(d, 4) for t, d in

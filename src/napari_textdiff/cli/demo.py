@@ -82,7 +82,10 @@ def segment_sample(modality: str, out: Path, device="auto") -> dict:
 
 
 def _run(args) -> int:
-    out = Path(args.out)
+    from napari_textdiff.cli._common import writable_folder
+    from napari_textdiff.core.bundle import atomic_write_bytes
+
+    out = writable_folder(args.out)
     mods = list(SAMPLES) if args.modality == "all" else [args.modality]
     t0 = time.perf_counter()
     results, failed = [], []
@@ -107,8 +110,7 @@ def _run(args) -> int:
               f"      model {Path(r['model']).name}: loaded in {r['load_s']:.2f} s, segmented in "
               f"{r['predict_s']:.2f} s; {r['foreground_fraction']:.1%} foreground, "
               f"{r['objects']} object(s)\n      wrote {r['mask']} and {r['overlay']}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "demo.json").write_text(json.dumps(results, indent=2))
+    atomic_write_bytes(out / "demo.json", json.dumps(results, indent=2).encode())
     print(f"demo: {len(results)} sample(s) segmented in {time.perf_counter() - t0:.1f} s total; "
           f"summary in {out / 'demo.json'}")
     if args.napari:

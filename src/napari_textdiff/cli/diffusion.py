@@ -98,6 +98,7 @@ def _pretrain(args) -> int:
                          dihedral=not args.no_dihedral, checkpoint_every=args.checkpoint_every,
                          log_every=args.log_every, max_side=args.max_side, seed=args.seed,
                          mixed_precision=args.mixed_precision, compile=args.compile)
+    _check_out(args.out)
     out = run(pretrain_backbone(args.images, args.out, cfg, device=args.device,
                                 resume=not args.no_resume, recursive=args.recursive,
                                 exclude=args.exclude), callback=print_progress())
@@ -106,6 +107,7 @@ def _pretrain(args) -> int:
 
 
 def _convert(args) -> int:
+    _check_out(args.out)
     from napari_textdiff.core.diffusion.guided_import import convert_guided_checkpoint
 
     out, unet = convert_guided_checkpoint(
@@ -118,6 +120,7 @@ def _convert(args) -> int:
 
 
 def _train_ldm(args) -> int:
+    _check_out(args.out)
     from napari_textdiff.core.diffusion.ldm import LDMConfig, train_ldm
     from napari_textdiff.core.progress import print_progress, run
 
@@ -133,6 +136,7 @@ def _train_ldm(args) -> int:
 
 
 def _synthesize(args) -> int:
+    _check_out(args.out)
     from napari_textdiff.core.diffusion.synthesize import synthesize, write_samples
     from napari_textdiff.core.progress import print_progress, run
 
@@ -143,3 +147,10 @@ def _synthesize(args) -> int:
     copies = sum(r["near_copy"] for r in results or [])
     print(json.dumps({"out": str(out), "samples": len(results or []), "near_copies": copies}))
     return 0
+
+
+def _check_out(out) -> None:
+    """Refuse an unwritable --out folder before hours of training or sampling."""
+    from napari_textdiff.cli._common import writable_folder
+
+    writable_folder(out)

@@ -8,9 +8,12 @@ No torch is imported.
 from __future__ import annotations
 
 import csv
+import io as io_
 import json
 import sys
 from pathlib import Path
+
+from napari_textdiff.cli._common import finite, json_safe
 
 PRED_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 PRED_TAILS = ("", "_pred", "_prediction", "_mask", "_seg")
@@ -31,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--split", default=None, help="MoNuSeg split (train/val/test)")
     p.add_argument("--target", default="lesion",
                    help="X-ray target: lesion, lungs or a template name (default lesion)")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=finite, default=None,
                    help="foreground = prediction > THRESHOLD (default: nonzero for integer "
                         "masks, > 0.5 for probability maps in [0, 1])")
     p.add_argument("--aji", action="store_true",
@@ -123,7 +126,11 @@ def evaluate_folders(pred: Path, gt: Path, layout: str = "auto", split=None, tar
                              f"truth of {name} is {g.shape[0]}x{g.shape[1]} (H x W)")
         row = {"name": name, **metrics.binary_metrics(p, g)}
         if with_aji:
-            pl = io.read_mask(pf, instances=True) if threshold is None else None
+            # labels are kept as they are; binary masks and probability maps (thresholded
+            # above into ``p``) are split into objects
+            raw = io.read_image(pf)
+            labels = threshold is None and raw.dtype.kind in "biu"
+            pl = io.read_mask(pf, instances=True) if labels else None
             if pl is None or pl.max() <= 1:
                 pl = binary_to_instances(p)
             row["aji"] = metrics.aji(pl, binary_to_instances(g))
@@ -131,7 +138,24 @@ def evaluate_folders(pred: Path, gt: Path, layout: str = "auto", split=None, tar
     return rows, metrics.mean_metrics(rows), missing
 
 
+def _csv_bytes(rows, means, keys) -> bytes:
+    buf = io_.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["name"] + keys)
+    for r in rows:
+        w.writerow([r["name"]] + [f"{r[k]:.6f}" for k in keys])
+    w.writerow(["mean"] + [f"{means[k]:.6f}" for k in keys])
+    w.writerow(["std"] + [f"{means[k + '_std']:.6f}" for k in keys])
+    return buf.getvalue().encode()
+
+
 def _run(args) -> int:
+    from napari_textdiff.cli._common import writable_file
+    from napari_textdiff.core.bundle import atomic_write_bytes
+
+    for opt, path in (("--csv", args.csv), ("--json", args.json)):
+        if path is not None:           # before any scoring: a bad path fails at once
+            writable_file(path, opt)
     rows, means, missing = evaluate_folders(
         args.pred, args.gt, layout=args.layout, split=args.split, target=args.target,
         threshold=args.threshold, with_aji=args.aji, allow_missing=args.allow_missing)
@@ -146,18 +170,11 @@ def _run(args) -> int:
         f"{k} {means[k]:.4f} ± {means[k + '_std']:.4f}" for k in keys))
     if missing:
         print(f"skipped {len(missing)} images without a prediction", file=sys.stderr)
+    # atomic: a full disk or a kill leaves the previous file whole, never a row cut in half
     if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["name"] + keys)
-            for r in rows:
-                w.writerow([r["name"]] + [f"{r[k]:.6f}" for k in keys])
-            w.writerow(["mean"] + [f"{means[k]:.6f}" for k in keys])
-            w.writerow(["std"] + [f"{means[k + '_std']:.6f}" for k in keys])
+        atomic_write_bytes(args.csv, _csv_bytes(rows, means, keys))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"pred": str(args.pred), "gt": str(args.gt),
-                                         "per_image": rows, "mean": means,
-                                         "missing": missing}, indent=2))
+        atomic_write_bytes(args.json, json.dumps(json_safe(
+            {"pred": str(args.pred), "gt": str(args.gt), "per_image": rows, "mean": means,
+             "missing": missing}), indent=2, allow_nan=False).encode())
     return 0

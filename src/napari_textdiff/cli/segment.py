@@ -2,12 +2,16 @@
 
 The model is loaded with ``core.models.load_model`` (TextDiff, MGCC, ...); a description is
 passed only to models that use text. Writes ``DIR/STEM_mask.tif`` (or .png) and prints one line
-of timings per image plus a JSON summary.
+of timings per image plus a JSON summary. Inputs whose stems clash get names from their paths
+(``_common.output_stems``), so no input's result overwrites another's; the output folder is
+checked before the model is loaded.
 """
 from __future__ import annotations
 
 import json
 import sys
+
+from napari_textdiff.cli._common import add_model_location_args, probability
 
 
 def register(sub) -> None:
@@ -19,7 +23,7 @@ def register(sub) -> None:
     t.add_argument("--texts-from", default=None, metavar="DATASET",
                    help="take each image's description from this dataset folder (by name)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=probability, default=None,
                    help="probability threshold (default: the model's, else 0.5)")
     p.add_argument("--instances", action="store_true",
                    help="write instance labels (touching objects split) instead of binary")
@@ -28,6 +32,9 @@ def register(sub) -> None:
                         "instead of tiling")
     p.add_argument("--format", choices=["tif", "png"], default="tif")
     p.add_argument("--save-proba", action="store_true", help="also write the probability map")
+    p.add_argument("--plane", type=int, default=None,
+                   help="plane (page, Z/T slice, frame) to segment in multi-plane files")
+    add_model_location_args(p)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run)
 
@@ -51,20 +58,31 @@ def _run(args) -> int:
 
     import numpy as np
 
+    from napari_textdiff.cli._common import load_model, output_stems, writable_folder
     from napari_textdiff.core import io
     from napari_textdiff.core.calibration import get_threshold
-    from napari_textdiff.core.models import load_model
 
+    out = writable_folder(args.out)
+    images, seen = [], set()
+    for f in args.images:           # the same file twice is segmented once
+        key = Path(f).resolve()
+        if key in seen:
+            print(f"note: {f} given twice; segmented once", file=sys.stderr)
+            continue
+        seen.add(key)
+        images.append(Path(f))
+    stems = output_stems(images)
+    for p, stem in zip(images, stems):
+        if stem != p.stem:
+            print(f"note: {p} is written as {stem}_mask.{args.format} (another input has "
+                  f"the stem {p.stem!r})", file=sys.stderr)
     t0 = time.monotonic()
-    model = load_model(args.model, device=args.device)
+    model = load_model(args)
     t_load = time.monotonic() - t0
     texts = _texts_from(args.texts_from) if args.texts_from else {}
     thr = args.threshold if args.threshold is not None else get_threshold(model)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for f in args.images:
-        p = Path(f)
+    for p, stem in zip(images, stems):
         text = None
         if model.uses_text:
             text = args.text if args.text is not None else \
@@ -74,7 +92,7 @@ def _run(args) -> int:
                     raise ValueError(f"{p}: no description for this image in {args.texts_from}")
                 text = ""
         t1 = time.monotonic()
-        img = io.load_image(p, channels=model.channels)
+        img = io.load_image(p, channels=model.channels, plane=args.plane)
         t2 = time.monotonic()
         prob = model.predict_proba(img, text, tiled=not args.resize)
         t3 = time.monotonic()
@@ -82,9 +100,9 @@ def _run(args) -> int:
         if args.instances:
             from napari_textdiff.core.instances import binary_to_instances
             mask = binary_to_instances(mask)
-        dst = io.write_mask(out / f"{p.stem}_mask.{args.format}", mask)
+        dst = io.write_mask(out / f"{stem}_mask.{args.format}", mask)
         if args.save_proba:
-            io.write_image(out / f"{p.stem}_proba.tif", prob.astype(np.float32))
+            io.write_image(out / f"{stem}_proba.tif", prob.astype(np.float32))
         t4 = time.monotonic()
         row = {"image": str(p), "mask": str(dst), "height": int(img.shape[0]),
                "width": int(img.shape[1]), "foreground": float((mask > 0).mean()),

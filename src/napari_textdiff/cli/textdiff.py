@@ -70,9 +70,42 @@ def _samples(path, split, describe=False):
     return [s for s in discover(path, **kw) if s.has_mask]
 
 
+def _fit_keeping_work(model, gen, out, names, validated: bool):
+    """Drive the fit generator; on Ctrl-C close it (the model keeps its best validated head,
+    or the last one) and save that model to ``out`` before exiting, saying so."""
+    from napari_textdiff.core.progress import print_progress
+
+    show = print_progress(every=2.0)
+    last = {"step": 0, "epoch": None}
+    try:
+        while True:
+            ev = next(gen)
+            if ev.stage in ("train", "validate"):
+                last.update(step=ev.step, epoch=ev.epoch)
+            show(ev)
+    except StopIteration as stop:
+        return stop.value
+    except KeyboardInterrupt:
+        gen.close()                  # runs the job's cleanup: best head restored
+        if not last["step"]:
+            print(f"interrupted before training started: nothing to save; {out} is "
+                  "unchanged", file=sys.stderr)
+            raise
+        training = model.meta.setdefault("training", {})
+        training.update(interrupted=True, steps_run=last["step"], images=names,
+                        epochs_run=last["epoch"])
+        model.save(out)
+        which = ("the best validated head (the latest before the first validation)"
+                 if validated else "the latest head")
+        print(f"interrupted at epoch {last['epoch']} (step {last['step']}): saved {which} "
+              f"to {out}", file=sys.stderr, flush=True)
+        raise
+
+
 def _fit(args) -> int:
     from pathlib import Path
 
+    from napari_textdiff.cli._common import writable_file
     from napari_textdiff.core.datasets import kshot
     from napari_textdiff.core.progress import print_progress, run
     from napari_textdiff.core.textdiff.config import TextDiffConfig
@@ -81,6 +114,7 @@ def _fit(args) -> int:
     if args.calibrate and not (args.val or args.val_fraction > 0):
         raise ValueError("--calibrate picks the threshold on validation images: give --val or "
                          "--val-fraction")
+    writable_file(args.out)          # before any work: a bad --out must not cost a training
     samples = _samples(args.data, args.split, args.describe_classes)
     if not samples:
         raise ValueError(f"{args.data}: no labelled images")
@@ -115,9 +149,10 @@ def _fit(args) -> int:
                for s in _samples(args.val, args.val_split, args.describe_classes)]
     print(f"fitting on {len(train)} images ({', '.join(s.name for s in samples)}); head "
           f"{model.num_parameters:,} params, taps {model.features.taps}", file=sys.stderr)
-    hist = run(model.fit(train, val, val_fraction=args.val_fraction,
-                         max_tiles_per_image=args.max_tiles_per_image),
-               callback=print_progress(every=2.0))
+    hist = _fit_keeping_work(model, model.fit(train, val, val_fraction=args.val_fraction,
+                                              max_tiles_per_image=args.max_tiles_per_image),
+                             out, [s.name for s in samples],
+                             validated=bool(val) or args.val_fraction > 0)
     model.meta["training"]["images"] = [s.name for s in samples]
     model.save(out)               # the trained head is kept whatever calibration does
     tuning = None

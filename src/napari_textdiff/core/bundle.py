@@ -7,6 +7,7 @@ folder followed by ``os.replace``: an interrupted save never leaves a half-writt
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["BundleError", "save_bundle", "load_bundle", "read_bundle_header", "FORMAT_VERSION",
-           "state_fingerprint", "atomic_write", "atomic_write_bytes"]
+           "state_fingerprint", "atomic_write", "atomic_write_bytes", "check_writable",
+           "WriteError", "check_bundle_complete"]
 
 FORMAT_VERSION = 1
 _KEY = "napari_textdiff"
@@ -25,29 +27,119 @@ class BundleError(ValueError):
     """A model file that is missing, corrupt, of another kind, or made for another backbone."""
 
 
+class WriteError(OSError):
+    """Writing one of the user's files failed; the message names that file (never our temp
+    file), the reason, and what to do."""
+
+    def __str__(self) -> str:  # OSError would prefix "[Errno N]"
+        return self.strerror or super().__str__()
+
+
+_HINTS = {errno.ENOSPC: "free some disk space or choose another location",
+          errno.EDQUOT: "free some space in your quota or choose another location",
+          errno.EFBIG: "the file is larger than this disk allows; choose another location",
+          errno.EACCES: "choose a folder you can write to",
+          errno.EPERM: "choose a folder you can write to",
+          errno.EROFS: "the disk is read-only; choose another location"}
+
+
+def _write_error(path: Path, e: BaseException) -> WriteError:
+    code = getattr(e, "errno", None)
+    if code is None and "write" in str(e).lower():  # torch.save: RuntimeError on a full disk
+        code = errno.EIO
+    reason = os.strerror(code) if code else str(e)
+    hint = _HINTS.get(code, "check the location and try again")
+    err = WriteError(code or errno.EIO, f"cannot write {path}: {reason} ({hint})")
+    err.filename = str(path)
+    return err
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _clean_stale_temps(path: Path) -> None:
+    """Remove temp files of ``path`` left by a writer that died (kill -9, power loss).
+
+    Temp names carry the writer's PID (``.NAME.PID.XXXX.tmpSUFFIX``): a temp file whose process
+    is gone is litter. Temps of another live process (a concurrent save) are left alone.
+    """
+    prefix = f".{path.name}."
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for e in entries:
+        name = e.name
+        if not (name.startswith(prefix) and name.endswith(".tmp" + path.suffix)):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                os.unlink(e.path)
+            except OSError:
+                pass
+
+
+def check_writable(path, what: str = "output", folder: bool = False) -> Path:
+    """Fail fast, before any work, when ``path`` cannot be written (a file, or a folder when
+    ``folder``): creates missing parent folders and writes/removes a probe file there. The
+    error names the user's path and what to do, so no training or calibration is lost at the
+    end for want of a writable ``--out``."""
+    path = Path(path).expanduser()
+    d = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise WriteError(errno.EISDIR, f"{what} {path} is a folder; give a file name")
+    if folder and path.exists() and not path.is_dir():
+        raise WriteError(errno.ENOTDIR, f"{what} {path} is a file; give a folder")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".probe",
+                                     dir=d)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, then ``os.replace`` it into place.
 
     The one way every file of ours is written (models, masks, checkpoints, logs): a crash or a
-    Stop mid-write leaves the previous file intact and no stray temp file. The result gets the
-    usual permissions (``0666 & ~umask``), not ``mkstemp``'s private 0600.
+    Stop mid-write leaves the previous file intact; the temp file is removed on any error, and
+    one left by a killed process (kill -9) is removed by the next save of that file. Errors
+    (read-only folder, full disk) are :class:`WriteError` naming ``path``, not the temp file.
+    The result gets the usual permissions (``0666 & ~umask``), not ``mkstemp``'s private 0600.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
-                               dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.",
+                                   suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise _write_error(path, e) from None
     try:
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "writ" in str(e).lower()):
+            raise _write_error(path, e) from e
         raise
     return path
 
@@ -90,8 +182,27 @@ def save_bundle(path, kind: str, state_dict: dict, config: dict, meta: dict | No
     return Path(path)
 
 
+def _check_complete(path: Path, header: dict, start: int) -> None:
+    """Refuse a truncated file (an interrupted copy or download): the header says where the
+    last tensor ends, and the file must be that long."""
+    ends = [int(v["data_offsets"][1]) for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    need = start + max(ends, default=0)
+    have = path.stat().st_size
+    if have < need:
+        raise BundleError(f"{path}: the file is truncated ({have:,} of {need:,} bytes; "
+                          f"{need - have:,} bytes of weights missing): copy or download it "
+                          "again, or re-save the model")
+
+
+def check_bundle_complete(path) -> None:
+    """:class:`BundleError` if the model file at ``path`` is truncated (see ``read_bundle_header``)."""
+    read_bundle_header(path)
+
+
 def read_bundle_header(path) -> dict:
-    """Return ``{"format", "kind", "config", "meta"}`` without loading tensors."""
+    """Return ``{"format", "kind", "config", "meta"}`` without loading tensors (the file's
+    length is checked against the header, so a truncated model is refused here already)."""
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"{path}: model file not found")
@@ -101,6 +212,7 @@ def read_bundle_header(path) -> dict:
             if n <= 0 or n > 100_000_000:
                 raise ValueError("bad header length")
             header = json.loads(f.read(n))
+        _check_complete(path, header, 8 + n)
         blob = header.get("__metadata__", {}).get(_KEY)
         if blob is None:
             raise BundleError(f"{path}: a safetensors file, but not a napari-textdiff model "

@@ -20,6 +20,18 @@ class Example:
     text: str = ""
     name: str = ""
 
+    def __post_init__(self):
+        # one mask rule everywhere (core.normalize.binary_mask): a float 0.4 is background as
+        # in read_mask, NaN or a missing mask is an error naming the example
+        from .normalize import binary_mask, clean_text
+
+        self.text = clean_text(self.text, f"text of {self.name or 'example'}")
+        m = np.asarray(self.mask) if self.mask is not None else None
+        if m is not None and m.dtype.kind in "iu" and m.ndim == 2:
+            self.mask = m              # labels are kept (foreground = nonzero, as the rule)
+        else:
+            self.mask = binary_mask(self.mask, self.name)
+
 
 @runtime_checkable
 class SegmentationModel(Protocol):

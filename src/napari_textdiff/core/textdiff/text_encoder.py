@@ -76,7 +76,9 @@ class TextEncoder:
     def encode(self, text: str | None):
         import torch
 
-        text = "" if text is None else str(text)
+        from ..normalize import clean_text
+
+        text = clean_text(text)      # non-strings refused, lone surrogates replaced
         if text in self._cache:
             return self._cache[text]
         full = self.tokenizer(text, add_special_tokens=True)["input_ids"]

@@ -1,0 +1,120 @@
+"""Argument checks shared by the commands: refuse bad values and unwritable outputs up front,
+before any training or prediction, with messages that name the user's input."""
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def probability(text: str) -> float:
+    """argparse type: a finite number in [0, 1] (NaN, inf, 2 or -1 would give empty or full
+    masks and JSON that strict parsers reject)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]: give a probability "
+                                         "such as 0.5")
+    return v
+
+
+def finite(text: str) -> float:
+    """argparse type: any finite number."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return v
+
+
+def writable_file(path, what: str = "--out"):
+    """The output file ``path`` after checking its folder can be written (creates it)."""
+    from napari_textdiff.core.bundle import check_writable
+
+    return check_writable(path, what)
+
+
+def writable_folder(path, what: str = "--out"):
+    """The output folder ``path`` after checking it can be written (creates it)."""
+    from napari_textdiff.core.bundle import check_writable
+
+    return check_writable(path, what, folder=True)
+
+
+def json_safe(obj):
+    """``obj`` with NaN/inf floats replaced by None: strict JSON parsers reject ``NaN``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def add_model_location_args(p) -> None:
+    """``--backbone`` / ``--text-encoder``: where a TextDiff model's frozen parts are, when
+    they are not where the model file says (the load error names these options)."""
+    p.add_argument("--backbone", default=None,
+                   help="TextDiff: the diffusion backbone folder the model was trained on, "
+                        "when it is not found next to the model file")
+    p.add_argument("--text-encoder", default=None,
+                   help="TextDiff: the text encoder folder the model was trained with, when "
+                        "it is not found next to the model file")
+
+
+def load_model(args):
+    """``core.models.load_model`` honouring ``--backbone`` / ``--text-encoder``."""
+    from napari_textdiff.core.bundle import read_bundle_header
+    from napari_textdiff.core.models import load_model as _load
+
+    backbone = getattr(args, "backbone", None)
+    encoder = getattr(args, "text_encoder", None)
+    if backbone is None and encoder is None:
+        return _load(args.model, device=args.device)
+    kind = read_bundle_header(args.model)["kind"]
+    if kind != "textdiff":
+        raise ValueError(f"{args.model} is a {kind} model, which has no diffusion backbone or "
+                         "text encoder: drop --backbone / --text-encoder")
+    from napari_textdiff.core.textdiff.model import TextDiffModel
+
+    return TextDiffModel.load(args.model, device=args.device, backbone=backbone,
+                              text_encoder=encoder)
+
+
+def output_stems(paths) -> list[str]:
+    """One output name stem per input, never shared by two inputs.
+
+    Inputs with a unique stem keep it (``in/a.png`` -> ``a``). Inputs whose stems clash
+    (``in/full.png`` and ``in/sub/full.png``, or ``a.png`` and ``a.tif``; compared ignoring
+    case, as on macOS/Windows disks) are named by their path below the folder they share,
+    suffix included (``full_png``, ``sub_full_png``; ``a_png``, ``a_tif``). A clash that
+    remains is refused naming both inputs, before any work.
+    """
+    import collections
+    import os
+    from pathlib import Path
+
+    paths = [Path(p) for p in paths]
+    stems = [p.stem for p in paths]
+    count = collections.Counter(s.lower() for s in stems)
+    groups: dict[str, list[int]] = collections.defaultdict(list)
+    for i, s in enumerate(stems):
+        if count[s.lower()] > 1:
+            groups[s.lower()].append(i)
+    for idx in groups.values():
+        full = [os.path.abspath(paths[i]) for i in idx]
+        base = os.path.commonpath([os.path.dirname(f) for f in full])
+        for i, f in zip(idx, full):
+            rel = os.path.relpath(f, base)
+            stems[i] = rel.replace(os.sep, "_").replace(".", "_")
+    seen: dict[str, int] = {}
+    for i, s in enumerate(stems):
+        j = seen.setdefault(s.lower(), i)
+        if j != i:
+            raise ValueError(f"{paths[j]} and {paths[i]} would both write {s}_mask: rename "
+                             "one, or segment them into different --out folders")
+    return stems
