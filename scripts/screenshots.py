@@ -31,7 +31,7 @@ def tiny_histology_model(path: Path, seconds: float = 40.0) -> Path:
     from napari_textdiff.core.models import Example
 
     torch.manual_seed(0)
-    (img, _, _), (mask, _, _) = load_sample("histology.jpg")
+    (mask, _, _), (img, _, _) = load_sample("histology.jpg")
     x = normalize_image(img, channels=3)
     ex = [Example(x[y:y + 256, c:c + 256], mask[y:y + 256, c:c + 256] > 0)
           for y in (0, 256) for c in (0, 256)]
@@ -51,7 +51,7 @@ def tiny_ldm(out: Path) -> Path:
     from napari_textdiff.core.io import normalize_image
     from napari_textdiff.core.progress import run
 
-    img = normalize_image(load_sample("ultrasound.png")[0][0], channels=1)
+    img = normalize_image(load_sample("ultrasound.png")[-1][0], channels=1)
     crops = [img[y:y + 256, x:x + 256] for y in (0, 200, 320) for x in (0, 200, 420)]
     cfg = LDMConfig(preset="tiny", channels=1, size=64, vae_steps=40, unet_steps=40,
                     vae_batch=4, unet_batch=8, checkpoint_every=10_000)

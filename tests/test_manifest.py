@@ -14,12 +14,13 @@ def test_manifest_validates_and_every_python_name_imports():
     pm = npe2.PluginManifest.from_file(MANIFEST)      # validates the schema
     assert pm.name == "napari-textdiff"
     names = [c.python_name for c in pm.contributions.commands]
-    assert len(names) == 10
+    assert len(names) == 11
     for pn in names:
         mod, attr = pn.split(":")
         assert callable(getattr(importlib.import_module(mod), attr)), pn
     c = pm.contributions
-    assert {w.display_name for w in c.widgets} == {"Image and description", "Segment",
+    assert {w.display_name for w in c.widgets} == {"TextDiff (all panels)",
+                                                    "Image and description", "Segment",
                                                     "Fine-tune", "Synthetic preview"}
     assert c.readers[0].accepts_directories
     assert {s.key for s in c.sample_data} == {"histology", "xray", "ultrasound"}
@@ -38,6 +39,7 @@ def test_plugin_modules_do_not_import_torch():
             "import napari_textdiff._reader, napari_textdiff._writer, napari_textdiff._sample_data\n"
             "import napari_textdiff.widgets.image_panel, napari_textdiff.widgets.segment\n"
             "import napari_textdiff.widgets.finetune, napari_textdiff.widgets.synthetic\n"
+            "import napari_textdiff.widgets.main_panel\n"
             "import napari_textdiff.core.defaults\n"
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -124,9 +124,10 @@ def test_sample_data_files_and_attribution():
                                 (_sample_data.xray, "xray", None),
                                 (_sample_data.ultrasound, "ultrasound", (585, 683))):
         layers = fn()
-        data, kw, kind = layers[0]
+        data, kw, kind = layers[-1]          # the image last: it stays the selected layer
         assert kind == "image" and kw["metadata"]["modality"] == modality
         if shape:
             assert data.shape == shape
-        for lab, lkw, lkind in layers[1:]:
+        for lab, lkw, lkind in layers[:-1]:
             assert lkind == "labels" and lab.shape == data.shape[:2] and lab.any()
+            assert lkw["metadata"]["ground_truth"] and lkw["metadata"]["source_image"] == kw["name"]

@@ -68,3 +68,4 @@ def test_sample_data_opens_with_descriptions(viewer):
     assert "CC BY-NC-SA" in img.metadata["licence"]
     gt = viewer.layers["histology_sample ground truth"]
     assert gt.data.shape == (512, 512) and 0.2 < (gt.data > 0).mean() < 0.5
+    assert viewer.layers.selection.active is img      # Segment can run on it at once

@@ -15,7 +15,11 @@ def sample_dir() -> Path:
 
 
 def load_sample(file_name: str, with_mask: bool = True) -> list[tuple]:
-    """Layer data for one sample image (+ its ground-truth mask as a Labels layer)."""
+    """Layer data for one sample image (+ its ground-truth mask as a hidden Labels layer).
+
+    The ground truth comes first so the image is added last and stays the selected layer:
+    Segment works on it right after File › Open Sample.
+    """
     from .core.io import read_image, read_mask
 
     d = sample_dir()
@@ -26,13 +30,15 @@ def load_sample(file_name: str, with_mask: bool = True) -> list[tuple]:
     meta = {"description": info["description"], "modality": info["modality"],
             "source_path": str(p), "source": info["source"], "licence": info["licence"],
             "attribution": info["attribution"]}
-    layers = [(data, {"name": name, "metadata": meta,
-                      "rgb": data.ndim == 3 and data.shape[-1] in (3, 4)}, "image")]
+    layers = []
     if with_mask and info.get("mask"):
         mask = read_mask(d / info["mask"]).astype("int32")
         layers.append((mask, {"name": f"{name} ground truth", "opacity": 0.4, "visible": False,
-                              "metadata": {"ground_truth": True, "licence": info["licence"],
+                              "metadata": {"ground_truth": True, "source_image": name,
+                                           "licence": info["licence"],
                                            "description": info["description"]}}, "labels"))
+    layers.append((data, {"name": name, "metadata": meta,
+                          "rgb": data.ndim == 3 and data.shape[-1] in (3, 4)}, "image"))
     return layers
 
 

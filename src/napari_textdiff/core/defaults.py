@@ -86,6 +86,16 @@ def stored_threshold(path) -> float | None:
     return float(thr) if isinstance(thr, (int, float)) and 0 < thr < 1 else None
 
 
+def model_kind(path) -> str | None:
+    """The kind ("textdiff", "mgcc", …) a model file declares, or None if unreadable."""
+    from .bundle import BundleError, read_bundle_header
+
+    try:
+        return read_bundle_header(path).get("kind")
+    except (BundleError, OSError):
+        return None
+
+
 def default_threshold(modality: str) -> float:
     """The bundled default model's own threshold, else the modality's fallback."""
     p = default_model_path(modality)

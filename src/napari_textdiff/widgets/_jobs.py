@@ -14,7 +14,7 @@ import numpy as np
 from ..core.progress import Progress
 
 __all__ = ["SegmentItem", "Segmented", "segment_job", "finetune_job", "synthesize_job",
-           "Sample", "unpack_sample", "probability_to_labels"]
+           "Sample", "unpack_sample"]
 
 
 @dataclasses.dataclass
@@ -33,31 +33,31 @@ class Segmented:
     foreground: float      # fraction of foreground pixels
 
 
-def probability_to_labels(prob: np.ndarray, threshold: float, split: bool) -> np.ndarray:
-    mask = np.asarray(prob) >= threshold
-    if split:
-        from ..core.instances import binary_to_instances
-
-        return np.asarray(binary_to_instances(mask), dtype=np.int32)
-    return mask.astype(np.int32)
-
-
 def segment_job(get_model: Callable[[], Any], items: Sequence[SegmentItem], *,
                 threshold: float = 0.5, split: bool = False, tiled: bool = True,
                 device=None, should_stop: Callable[[], bool] | None = None):
-    """Load the model (first use) and segment ``items`` one by one; returns the count done."""
+    """Load the model (first use) and segment ``items`` one by one; returns the count done.
+
+    Per image: ``Progress("predict", tiles_done, tiles_total, message=name)`` per tile, then
+    ``Progress("segment", i, n, payload=Segmented)``. A stopped image yields no payload, so
+    its labels stay exactly as they were; no image after it is started.
+    """
+    from ..core.prediction import iter_predict, probability_to_labels
     from ._layers import to_model_input
 
     total = len(items)
-    yield Progress("load", 0, total, message="loading model")
+    yield Progress("load", 0, 0, message="loading the model")
     model = get_model()
     done = 0
     for i, it in enumerate(items):
         if should_stop is not None and should_stop():
             break
         image = to_model_input(it.raw, model.channels)
-        text = it.text if getattr(model, "uses_text", False) else None
-        prob = model.predict_proba(image, text, tiled=tiled, device=device)
+        label = it.name if total == 1 else f"{it.name} ({i + 1}/{total})"
+        prob = yield from iter_predict(model, image, it.text, tiled=tiled, device=device,
+                                       should_stop=should_stop, name=label)
+        if prob is None:
+            break
         labels = probability_to_labels(prob, threshold, split)
         done += 1
         yield Progress("segment", i + 1, total, message=it.name,

@@ -1,21 +1,29 @@
-"""Layer bookkeeping shared by the widgets: pairing images with their labels, undoable updates.
+"""Layer bookkeeping shared by the panels: pairing images with labels, undoable updates,
+and what counts as a person's correction.
 
 A prediction goes into a Labels layer named after its image (``"<image>_labels"``), created once
 and afterwards changed only through ``Labels.data_setitem`` inside ``block_history`` so one
-prediction is one Ctrl-Z step. The layer remembers a hash of what was last predicted: if its
-data differ now, the user has corrected it and a new prediction must ask before overwriting.
+prediction is one Ctrl-Z step. "Corrected" means edited by a person with napari's tools
+(brush, eraser, fill, polygon): those commit a history item and emit ``paint``; our own
+prediction updates are made while :data:`_APPLYING` is set, and undo/redo emit no ``paint``,
+so neither a new prediction nor Ctrl-Z of one makes a layer "corrected". Ground-truth masks
+opened from a dataset (``metadata["ground_truth"]``) are never a prediction target; they can
+be picked for fine-tuning explicitly.
 """
 from __future__ import annotations
 
-import hashlib
+import weakref
 
 import numpy as np
 
-__all__ = ["labels_name", "image_layers", "find_labels", "apply_prediction", "was_edited",
-           "layer_to_model_input", "to_model_input", "description_of", "set_description", "PRED_HASH_KEY"]
+__all__ = ["labels_name", "image_layers", "find_labels", "find_ground_truth", "apply_prediction",
+           "was_edited", "is_ground_truth", "track_corrections", "to_model_input",
+           "description_of", "set_description", "STATE_KEY"]
 
-PRED_HASH_KEY = "textdiff_prediction_hash"
+STATE_KEY = "textdiff_state"        # "prediction" or "corrected" (absent: not ours)
 LABELS_SUFFIX = "_labels"
+_APPLYING = [0]                     # > 0 while this plugin writes a prediction (GUI thread)
+_WATCHED: "weakref.WeakSet" = weakref.WeakSet()   # Labels layers whose paint we follow
 
 
 def labels_name(image_name: str) -> str:
@@ -40,10 +48,15 @@ def image_layers(viewer) -> list:
     return [ly for ly in viewer.layers if is_2d_image(ly)]
 
 
+def is_ground_truth(layer) -> bool:
+    return bool(layer.metadata.get("ground_truth"))
+
+
 def find_labels(viewer, image_layer):
-    """The Labels layer paired with ``image_layer`` (by name or by its ``source_image``)."""
+    """The working Labels layer of ``image_layer`` (by name or ``source_image``): predictions
+    and corrections, never a ground-truth layer."""
     name = labels_name(image_layer.name)
-    labels = [ly for ly in viewer.layers if _is(ly, "Labels")]
+    labels = [ly for ly in viewer.layers if _is(ly, "Labels") and not is_ground_truth(ly)]
     for ly in labels:
         if ly.name == name:
             return ly
@@ -53,18 +66,40 @@ def find_labels(viewer, image_layer):
     return None
 
 
-def _hash(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(a)
-    return hashlib.blake2b(a.tobytes() + str(a.shape).encode(), digest_size=16).hexdigest()
+def find_ground_truth(viewer, image_layer) -> list:
+    """Ground-truth Labels layers of ``image_layer`` (``source_image`` or "<image> ground truth")."""
+    return [ly for ly in viewer.layers if _is(ly, "Labels") and is_ground_truth(ly)
+            and (ly.metadata.get("source_image") == image_layer.name
+                 or ly.name == f"{image_layer.name} ground truth")]
 
 
 def was_edited(labels_layer) -> bool:
-    """True if the layer holds anything other than the last prediction (user corrections)."""
-    h = labels_layer.metadata.get(PRED_HASH_KEY)
-    data = np.asarray(labels_layer.data)
-    if h is None:                      # never predicted into: anything non-empty is user work
-        return bool(data.any())
-    return _hash(data) != h
+    """True if a person edited the layer since our last prediction into it. A layer this
+    plugin never predicted into counts as the user's own work when it is not empty."""
+    state = labels_layer.metadata.get(STATE_KEY)
+    if state is None:
+        return bool(np.asarray(labels_layer.data).any())
+    return state == "corrected"
+
+
+def track_corrections(viewer) -> None:
+    """Mark Labels layers "corrected" when a person paints, fills or erases in them."""
+    def watch(layer):
+        if not _is(layer, "Labels") or layer in _WATCHED:
+            return
+        ref = weakref.ref(layer)
+
+        def painted(event=None):
+            ly = ref()
+            if ly is not None and not _APPLYING[0]:
+                ly.metadata[STATE_KEY] = "corrected"
+
+        layer.events.paint.connect(painted)
+        _WATCHED.add(layer)
+
+    for ly in viewer.layers:
+        watch(ly)
+    viewer.layers.events.inserted.connect(lambda event: watch(event.value))
 
 
 def description_of(layer) -> str:
@@ -94,7 +129,7 @@ def apply_prediction(viewer, image_layer, labels: np.ndarray, modality: str | No
         if layer is not None:          # image size changed: a fresh layer, old one kept aside
             layer.name = layer.name + " (old)"
         data = labels.astype(np.int32, copy=True)
-        meta[PRED_HASH_KEY] = _hash(data)       # set before add: listeners see "not edited"
+        meta[STATE_KEY] = "prediction"          # set before add: listeners see "not edited"
         layer = viewer.add_labels(data, name=labels_name(image_layer.name),
                                   metadata=dict(meta), scale=image_layer.scale[-2:],
                                   translate=image_layer.translate[-2:])
@@ -103,16 +138,15 @@ def apply_prediction(viewer, image_layer, labels: np.ndarray, modality: str | No
         new = labels.astype(cur.dtype, copy=False)
         idx = np.nonzero(cur != new)
         if idx[0].size:
-            with layer.block_history():
-                layer.data_setitem(idx, new[idx])
+            _APPLYING[0] += 1
+            try:
+                with layer.block_history():
+                    layer.data_setitem(idx, new[idx])
+            finally:
+                _APPLYING[0] -= 1
         layer.metadata.update(meta)
-    layer.metadata[PRED_HASH_KEY] = _hash(np.asarray(layer.data))
+    layer.metadata[STATE_KEY] = "prediction"
     return layer
-
-
-def layer_to_model_input(layer, channels: int) -> np.ndarray:
-    """Layer data as the models' input: float32 (H, W, channels) in [0, 1]."""
-    return to_model_input(np.asarray(layer.data), channels)
 
 
 def to_model_input(data: np.ndarray, channels: int) -> np.ndarray:

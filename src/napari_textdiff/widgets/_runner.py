@@ -14,24 +14,35 @@ from qtpy.QtWidgets import QMessageBox, QProgressBar, QWidget
 __all__ = ["JobWidget"]
 
 
+class JobControl:
+    """A job's Stop flag and worker, apart from the widget: a closed viewer deletes the widget
+    while the worker thread may still run, and the job must then stop without touching it."""
+
+    def __init__(self):
+        self.stop = False
+        self.dead = False          # the widget is gone: drop every callback
+        self.worker = None
+
+
 class JobWidget(QWidget):
-    """Base for the dock widgets: one job at a time, Stop, progress, notifications."""
+    """Base for the dock widgets: one job per viewer at a time, Stop, progress, notifications."""
 
     #: run jobs inline in the calling (GUI) thread: deterministic tests, no thread
     synchronous: bool = False
 
     def __init__(self, viewer, parent=None):
         super().__init__(parent)
-        from ._session import get_session
+        from ._session import get_session, real_viewer
 
-        self.viewer = viewer
+        self.viewer = real_viewer(viewer)
         self.session = get_session(viewer)
-        self.worker = None
+        self.control = JobControl()
         self.last_error: BaseException | None = None
         self.last_result: Any = None
-        self._stop = False
         #: ``confirm(title, text) -> bool``; replace in tests to answer dialogs
         self.confirm: Callable[[str, str], bool] = self._ask
+        control, session = self.control, self.session
+        self.destroyed.connect(lambda *_: _abandon(control, session))
 
     # -- helpers --------------------------------------------------------------------------------
     def _ask(self, title: str, text: str) -> bool:
@@ -40,14 +51,22 @@ class JobWidget(QWidget):
         return ans == QMessageBox.Yes
 
     def should_stop(self) -> bool:
-        return self._stop
+        return self.control.stop
 
     def request_stop(self) -> None:
-        self._stop = True
+        self.control.stop = True
+
+    @property
+    def _stop(self) -> bool:
+        return self.control.stop
+
+    @property
+    def worker(self):
+        return self.control.worker
 
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        return self.control.worker is not None
 
     @staticmethod
     def show_progress(bar: QProgressBar, ev) -> None:
@@ -78,16 +97,21 @@ class JobWidget(QWidget):
     def start_job(self, gen_fn: Callable[[], Any], *, what: str,
                   on_event: Callable | None = None, on_done: Callable | None = None,
                   on_error: Callable | None = None, on_finish: Callable | None = None) -> bool:
-        """Start ``gen_fn()`` (a generator function). Returns False if a job is already running."""
-        if self.worker is not None or not self.session.busy.acquire(blocking=False):
-            self.notify_info("napari-textdiff: another job is still running; stop it first.")
+        """Start ``gen_fn()`` (a generator function). Returns False if a job of this viewer
+        (in any panel) is already running, after telling the user which."""
+        control, session = self.control, self.session
+        if control.worker is not None or not session.try_begin(what):
+            self.notify_info(f"napari-textdiff: {session.job or 'another job'} is still "
+                             "running; wait for it or press its Stop first.")
             return False
-        self._stop = False
+        control.stop = False
         self.last_error = None
 
-        def event(ev):
-            if on_event is not None:
-                on_event(ev)
+        def alive(fn):
+            def call(*a):
+                if not control.dead and fn is not None:
+                    fn(*a)
+            return call
 
         def done(value):
             self.last_result = value
@@ -100,18 +124,20 @@ class JobWidget(QWidget):
                 on_error(err)
 
         def finish():
-            self.worker = None
-            self.session.busy.release()
+            control.worker = None
+            session.end()
             if on_finish is not None:
                 on_finish()
 
         if self.synchronous:
-            self.worker = "sync"
+            control.worker = "sync"
             try:
                 gen = gen_fn()
                 try:
                     while True:       # jobs see Stop through should_stop and return
-                        event(next(gen))
+                        ev = next(gen)
+                        if on_event is not None:
+                            on_event(ev)
                 except StopIteration as stop:
                     done(stop.value)
             except Exception as err:  # noqa: BLE001 - reported to the user
@@ -130,13 +156,31 @@ class JobWidget(QWidget):
             w.errored.disconnect(w._relay_error)
         except (AttributeError, TypeError, RuntimeError):  # pragma: no cover
             pass
-        w.yielded.connect(event)
-        w.returned.connect(done)
-        w.errored.connect(error)
-        w.finished.connect(finish)
-        self.worker = w
+        w.yielded.connect(alive(on_event))
+        w.returned.connect(alive(done))
+        w.errored.connect(alive(error))
+        w.finished.connect(alive(finish))
+        control.worker = w
         w.start()
         return True
+
+
+def _abandon(control: JobControl, session) -> None:
+    """The widget is being deleted (viewer closed): stop its job and let it end quietly.
+
+    The job sees Stop at its next check (between tiles or training steps, inside the UNet for
+    diffusion features), so the worker thread ends within about a second and the viewer's
+    job slot is freed when it does; no callback touches the deleted widgets.
+    """
+    control.dead = True
+    control.stop = True
+    w = control.worker
+    if w is None or w == "sync":
+        return
+    try:
+        w.finished.connect(session.end)
+    except (RuntimeError, TypeError):  # pragma: no cover - worker already gone
+        session.end()
 
 
 def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
@@ -144,7 +188,8 @@ def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
     """Segment image ``layers`` with the session's model and settings, from widget ``w``.
 
     ``w`` needs ``progress`` (QProgressBar) and ``status`` (QLabel). Corrected labels are only
-    overwritten if ``w.confirm`` says yes.
+    overwritten if ``w.confirm`` says yes. Each image's labels change only when its prediction
+    finished: Stop leaves the image in progress (and the ones after it) as they were.
     """
     from . import _layers
     from ._jobs import SegmentItem, segment_job
@@ -155,8 +200,9 @@ def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
         lab = _layers.find_labels(viewer, ly)
         if lab is not None and _layers.was_edited(lab):
             if not w.confirm("Overwrite corrected labels?",
-                             f"'{lab.name}' was edited since the last prediction. Replace it "
-                             "with a new prediction? (Ctrl-Z on the layer undoes it.)"):
+                             f"'{lab.name}' was corrected by hand since the last prediction. "
+                             "Replace it with a new prediction? (Ctrl-Z on the layer undoes "
+                             "it.)"):
                 continue
         keep.append(ly)
     if not keep:
@@ -167,19 +213,27 @@ def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
     threshold, split, tiled = session.threshold, session.split, session.tiled
     modality = session.modality
     device = None if session.device == "auto" else session.device
+    state = {"done": [], "current": ""}
 
     def on_event(ev):
         w.show_progress(w.progress, ev)
+        if ev.stage == "predict":
+            state["current"] = ev.message
         seg = ev.payload
         if seg is not None and seg.name in by_name:
             layer = by_name[seg.name]
             if layer in viewer.layers:
                 _layers.apply_prediction(viewer, layer, seg.labels, modality)
-            w.status.setText(f"{seg.name}: {100 * seg.foreground:.1f}% foreground")
+            state["done"].append(seg.name)
+            w.status.setText(f"{seg.name}: {100 * seg.foreground:.1f}% foreground "
+                             f"({session.model_label})")
 
     def on_done(n):
-        w.status.setText(f"segmented {n} of {len(items)} image(s)"
-                         + (" (stopped)" if w.should_stop() else ""))
+        msg = f"segmented {n} of {len(items)} image(s) with {session.model_label}"
+        if w.should_stop() and n < len(items):
+            left = [it.name for it in items if it.name not in state["done"]]
+            msg += f"; stopped: {', '.join(left)} left as before"
+        w.status.setText(msg)
 
     def on_error(err):
         w.status.setText(f"error: {err}")

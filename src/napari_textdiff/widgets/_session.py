@@ -1,8 +1,15 @@
-"""What the dock widgets of one viewer share: modality, chosen model, loaded model, history.
+"""What every panel of one viewer shares: modality, model choice, loaded models, the running job.
 
-napari creates each dock widget on its own; they meet here, one :class:`Session` per viewer.
-The model itself is loaded lazily (first Segment / Fine-tune), inside a worker thread, so
-neither napari's start nor opening a widget imports torch.
+napari builds each dock widget on its own and hands each a *different* wrapper of the viewer
+(``PublicOnlyProxy``), so sessions are keyed on the real viewer behind any wrapper
+(:func:`real_viewer`): the Image panel's modality sets the Segment panel's model, a fine-tuned
+model is what Segment, Fine-tune and re-segment all use, and one job runs per viewer.
+
+Models are loaded lazily (first Segment / Fine-tune) inside a worker thread, so neither
+napari's start nor opening a panel imports torch. Each model choice keeps its loaded model
+(a fine-tuned one included) until the viewer closes: switching modality and back returns the
+fine-tuned model, not the file. TextDiff models get a feature memo, so the frozen diffusion
+features of an image are computed once for segment → fine-tune → re-segment.
 """
 from __future__ import annotations
 
@@ -15,34 +22,46 @@ from qtpy.QtCore import QObject, Signal
 
 from ..core import defaults
 
-__all__ = ["Session", "get_session", "DEFAULT_SOURCE", "DEVICES"]
+__all__ = ["Session", "get_session", "real_viewer", "DEFAULT_SOURCE", "DEVICES"]
 
 DEFAULT_SOURCE = "default"          # model source meaning "the bundled model of the modality"
 DEVICES = ["auto", "cpu", "cuda", "mps"]
+FEATURE_MEMO_MB = 1024              # RAM for remembered diffusion features (then disk)
 
 _SESSIONS: dict[int, tuple[weakref.ref, "Session"]] = {}
 
 
+def real_viewer(viewer):
+    """The viewer object behind napari's ``PublicOnlyProxy`` wrappers (or ``viewer`` itself)."""
+    seen = 0
+    while hasattr(viewer, "__wrapped__") and seen < 8:
+        viewer = viewer.__wrapped__
+        seen += 1
+    return viewer
+
+
 def get_session(viewer) -> "Session":
-    """The session of ``viewer`` (created on first use, dropped with the viewer)."""
+    """The session of ``viewer``, however napari wrapped it (created on first use)."""
+    viewer = real_viewer(viewer)
     key = id(viewer)
     hit = _SESSIONS.get(key)
     if hit is not None and hit[0]() is viewer:
         return hit[1]
     for k in [k for k, (ref, _) in _SESSIONS.items() if ref() is None]:
         del _SESSIONS[k]
-    s = Session()
+    s = Session(viewer)
     _SESSIONS[key] = (weakref.ref(viewer), s)
     return s
 
 
 class Session(QObject):
-    """Shared state; signals tell the other widgets when the modality or the model changes."""
+    """Shared state; signals tell the panels when the modality or the model changes."""
 
     modality_changed = Signal(str)
     model_changed = Signal(str)      # a short description of the model now in use
+    job_changed = Signal(str)        # "" when idle, else what runs ("Segmentation", …)
 
-    def __init__(self):
+    def __init__(self, viewer=None):
         super().__init__()
         self.modality = "histology"
         self.source = DEFAULT_SOURCE     # DEFAULT_SOURCE or a path to a .safetensors bundle
@@ -50,13 +69,34 @@ class Session(QObject):
         d = defaults.modality_defaults(self.modality)
         self.threshold, self.split, self.tiled = (defaults.default_threshold(self.modality),
                                                    d.split_instances, True)
-        self.model = None
-        self.model_key: tuple | None = None   # (resolved path, device) the model was loaded from
-        self.model_label = "no model loaded"
-        self.snapshots: list[Path] = []       # saved states before each fine-tune (for Revert)
+        self.models: dict[tuple, object] = {}        # (path, device) -> loaded model
+        self.snapshots_by_key: dict[tuple, list[Path]] = {}
+        self.finetunes: dict[tuple, int] = {}        # how often each model was fine-tuned
+        self.model_key: tuple | None = None          # the key of :attr:`model`
+        self._memos: dict[str, object] = {}          # backbone fingerprint -> FeatureMemo
         self._tmp = None
-        self.busy = threading.Lock()          # one long job per viewer at a time
+        self.busy = threading.Lock()                 # one long job per viewer at a time
+        self.job = ""                                # what holds ``busy``
         self.synthetic_pool = defaults.load_settings().get("synthetic_pool")
+        if viewer is not None:
+            from ._layers import track_corrections
+
+            track_corrections(viewer)
+
+    # -- the running job -------------------------------------------------------------------------
+    def try_begin(self, what: str) -> bool:
+        """Claim the viewer for job ``what``; False when another job runs."""
+        if not self.busy.acquire(blocking=False):
+            return False
+        self.job = what
+        self.job_changed.emit(what)
+        return True
+
+    def end(self) -> None:
+        self.job = ""
+        if self.busy.locked():
+            self.busy.release()
+        self.job_changed.emit("")
 
     # -- choices -------------------------------------------------------------------------------
     def set_modality(self, modality: str) -> None:
@@ -64,6 +104,17 @@ class Session(QObject):
         if modality != self.modality:
             self.modality = modality
             self.modality_changed.emit(modality)
+            self.model_changed.emit(self.model_label)
+
+    def set_source(self, source: str) -> None:
+        if source != self.source:
+            self.source = source
+            self.model_changed.emit(self.model_label)
+
+    def set_device(self, device: str) -> None:
+        if device != self.device:
+            self.device = device
+            self.model_changed.emit(self.model_label)
 
     def resolve_source(self) -> Path:
         """The model file the current choice points to; a clear error if there is none."""
@@ -74,49 +125,98 @@ class Session(QObject):
             return p
         p = Path(self.source).expanduser()
         if not p.is_file():
-            raise FileNotFoundError(f"Model file not found: {p}")
+            raise FileNotFoundError(f"Model file not found: {p}. Choose another with "
+                                    "'Model file…' in the Segment panel.")
         return p
+
+    def current_key(self) -> tuple | None:
+        try:
+            path = self.resolve_source()
+        except FileNotFoundError:
+            return None
+        return (str(path.resolve()), self.device)
+
+    @property
+    def model(self):
+        """The loaded model of the current choice (None until first used)."""
+        key = self.current_key()
+        return self.models.get(key) if key is not None else None
+
+    @property
+    def snapshots(self) -> list[Path]:
+        return self.snapshots_by_key.setdefault(self.current_key(), [])
+
+    @property
+    def model_label(self) -> str:
+        """One name for the model in use, the same in every panel."""
+        key = self.current_key()
+        if key is None:
+            return "no model file for this modality"
+        name = Path(key[0]).name
+        n = self.finetunes.get(key, 0)
+        state = f" [fine-tuned ×{n}]" if n else ""
+        loaded = "" if key in self.models else " (loads on first use)"
+        return f"{name}{state}{loaded}"
 
     # -- the model (call from the worker thread: may import torch and read big files) --------
     def ensure_model(self):
-        """Return the model for the current choice, loading it only when the choice changed.
-
-        A fine-tuned model is kept (not reloaded from disk) until the user picks another model.
-        """
-        path = self.resolve_source()
-        key = (str(path.resolve()), self.device)
-        if self.model is None or self.model_key != key:
+        """The model for the current choice: loaded once, then kept (fine-tunes included)."""
+        key = self.current_key()
+        if key is None:
+            self.resolve_source()            # raises the clear error
+        if key not in self.models:
             from ..core.models import load_model
 
-            self.model = load_model(path, device=self.device)
-            self.model_key = key
-            self.snapshots.clear()
-            self.model_label = f"{path.name} ({getattr(self.model, 'kind', '?')})"
+            self.models[key] = self._remember_features(load_model(key[0], device=self.device))
             self.model_changed.emit(self.model_label)
-        return self.model
+        self.model_key = key
+        return self.models[key]
+
+    def _remember_features(self, model):
+        """Give a TextDiff model the session's feature memo of its backbone."""
+        feats = getattr(model, "features", None)
+        if feats is None or not hasattr(feats, "fingerprint"):
+            return model
+        from ..core.textdiff.feature_memo import FeatureMemo
+
+        fp = feats.fingerprint()
+        memo = self._memos.get(fp)
+        if memo is None:
+            for old in self._memos.values():      # another backbone: free the old features
+                old.close()
+            self._memos = {fp: FeatureMemo(feats, ram_mb=FEATURE_MEMO_MB)}
+            memo = self._memos[fp]
+        model.features = memo
+        return model
 
     def snapshot(self) -> Path:
         """Save the current model to a temporary bundle so a fine-tune can be reverted."""
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="napari-textdiff-")
-        p = Path(self._tmp.name) / f"before_finetune_{len(self.snapshots) + 1}.safetensors"
+        snaps = self.snapshots
+        p = Path(self._tmp.name) / f"before_finetune_{id(snaps)}_{len(snaps) + 1}.safetensors"
         self.model.save(p)
-        self.snapshots.append(p)
+        snaps.append(p)
         return p
 
-    def restore(self, snapshot: Path, drop: bool = True) -> None:
-        """Replace the model by a saved snapshot (the previous state)."""
+    def restore(self, snapshot: Path) -> None:
+        """Replace the current model by a saved snapshot (the state before a fine-tune)."""
         from ..core.models import load_model
 
-        self.model = load_model(snapshot, device=self.device)
-        if drop and snapshot in self.snapshots:
-            i = self.snapshots.index(snapshot)
-            del self.snapshots[i:]
-        base = self.model_label.split(" [")[0]
-        self.model_label = base + (f" [fine-tuned ×{len(self.snapshots)}]" if self.snapshots else "")
+        key = self.current_key()
+        self.models[key] = self._remember_features(load_model(snapshot, device=self.device))
+        snaps = self.snapshots
+        if snapshot in snaps:
+            del snaps[snaps.index(snapshot):]
+        self.finetunes[key] = len(snaps)
         self.model_changed.emit(self.model_label)
 
     def mark_finetuned(self) -> None:
-        base = self.model_label.split(" [")[0]
-        self.model_label = f"{base} [fine-tuned ×{len(self.snapshots)}]"
+        key = self.current_key()
+        self.finetunes[key] = self.finetunes.get(key, 0) + 1
         self.model_changed.emit(self.model_label)
+
+    def close(self) -> None:
+        for memo in self._memos.values():
+            memo.close()
+        self._memos = {}

@@ -1,14 +1,20 @@
 """Fine-tune panel: train the model's light head on the corrected images in the viewer.
 
-The user ticks which image / labels / description triples to use (corrected ones are ticked by
-default), starts and may stop training (the model is valid at every step), watches the loss,
-then the other images are re-segmented with the improved model. The model before each
-fine-tune is kept as a snapshot: Revert brings it back, a failed fine-tune restores it itself.
+The user ticks which image / labels / description triples to use: labels corrected by hand are
+ticked by default; uncorrected predictions and ground-truth masks opened from a dataset are
+listed unticked (they can be picked explicitly). Training starts and may stop (the model is
+valid at every step) with a live loss; then the other images are re-segmented with the
+improved model, which Segment uses from then on too (one session per viewer). Epochs and
+learning rate start at the library's ``finetune()`` defaults for the model's kind. The model
+before each fine-tune is kept as a snapshot: Revert brings it back, a failed fine-tune
+restores it itself.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (QCheckBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
                             QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
                             QSpinBox, QVBoxLayout)
@@ -28,12 +34,12 @@ class FinetuneWidget(JobWidget):
         self.refresh_button = QPushButton("Refresh list")
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 1000)
-        self.epochs.setValue(20)
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(6)
         self.lr.setRange(1e-6, 1.0)
         self.lr.setSingleStep(1e-4)
-        self.lr.setValue(1e-4)
+        self._defaults_kind = None
+        self._apply_library_defaults()
         self.resegment = QCheckBox("then re-segment the other images")
         self.resegment.setChecked(True)
         self.start_button = QPushButton("Start")
@@ -73,7 +79,7 @@ class FinetuneWidget(JobWidget):
         lay.addStretch(1)
 
         self._user_ticks: dict = {}
-        self._watched: set = set()
+        self._watched = weakref.WeakSet()
         self._filling = False
         self.pairs.itemChanged.connect(self._item_changed)
         self.refresh_button.clicked.connect(lambda: self.refresh())
@@ -85,66 +91,84 @@ class FinetuneWidget(JobWidget):
         ev = self.viewer.layers.events
         ev.inserted.connect(self.refresh)
         ev.removed.connect(self.refresh)
+        self.session.modality_changed.connect(lambda *_: self._apply_library_defaults())
         self.refresh()
         self._update_buttons()
 
+    # -- defaults -------------------------------------------------------------------------------
+    def _apply_library_defaults(self) -> None:
+        """Epochs and learning rate of the library's ``finetune()`` for the current model's
+        kind (read from the file's header: no torch needed)."""
+        from ..core.defaults import model_kind
+        from ..core.finetune_defaults import finetune_defaults
+
+        key = self.session.current_key()
+        kind = model_kind(key[0]) if key else None
+        if kind == self._defaults_kind and self._defaults_kind is not None:
+            return
+        self._defaults_kind = kind
+        d = finetune_defaults(kind)
+        self.epochs.setValue(int(d["epochs"]))
+        self.lr.setValue(float(d["lr"]))
+
     # -- the training set ------------------------------------------------------------------------
     def refresh(self, event=None) -> None:
-        """List every image that has a labels layer. Corrected pairs are ticked by default;
-        the user's own ticks are kept."""
+        """List every image's labels: corrected ones ticked, uncorrected predictions and
+        ground truth unticked; the user's own ticks are kept."""
         self._filling = True
         try:
             self.pairs.clear()
             for img in _layers.image_layers(self.viewer):
-                lab = _layers.find_labels(self.viewer, img)
-                if lab is None:
-                    continue
-                if id(lab) not in self._watched:      # re-list when the user paints
-                    self._watched.add(id(lab))
-                    lab.events.paint.connect(self._labels_painted)
-                edited = _layers.was_edited(lab)
-                item = QListWidgetItem(f"{img.name}  ↔  {lab.name}"
-                                       + ("  (corrected)" if edited else ""))
-                item.setData(Qt.UserRole, img.name)
-                item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-                default = Qt.Checked if edited else Qt.Unchecked
-                item.setCheckState(self._user_ticks.get(img.name, default))
-                self.pairs.addItem(item)
+                work = _layers.find_labels(self.viewer, img)
+                cands = ([work] if work is not None else []) + \
+                    _layers.find_ground_truth(self.viewer, img)
+                for lab in cands:
+                    if lab not in self._watched:      # re-list when the user paints
+                        self._watched.add(lab)
+                        lab.events.paint.connect(self._labels_painted)
+                    if _layers.is_ground_truth(lab):
+                        tag, default = "  (ground truth)", Qt.Unchecked
+                    elif _layers.was_edited(lab):
+                        tag, default = "  (corrected)", Qt.Checked
+                    else:
+                        tag, default = "  (prediction, not corrected)", Qt.Unchecked
+                    item = QListWidgetItem(f"{img.name}  ↔  {lab.name}{tag}")
+                    key = (img.name, lab.name)
+                    item.setData(Qt.UserRole, key)
+                    item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+                    item.setCheckState(self._user_ticks.get(key, default))
+                    self.pairs.addItem(item)
         finally:
             self._filling = False
 
     def _labels_painted(self, event=None) -> None:
-        if self.worker is None:
-            self.refresh()
+        if self.worker is None:           # after the session marked the layer "corrected"
+            QTimer.singleShot(0, self.refresh)
 
     def _item_changed(self, item) -> None:
         if not self._filling:
             self._user_ticks[item.data(Qt.UserRole)] = item.checkState()
 
-    def set_checked(self, names) -> None:
-        names = set(names)
-        for i in range(self.pairs.count()):
-            it = self.pairs.item(i)
-            it.setCheckState(Qt.Checked if it.data(Qt.UserRole) in names else Qt.Unchecked)
+    def checked_pairs(self) -> list[tuple[str, str]]:
+        """(image layer name, labels layer name) of the ticked rows."""
+        return [tuple(self.pairs.item(i).data(Qt.UserRole)) for i in range(self.pairs.count())
+                if self.pairs.item(i).checkState() == Qt.Checked]
 
     def checked_names(self) -> list[str]:
-        return [self.pairs.item(i).data(Qt.UserRole) for i in range(self.pairs.count())
-                if self.pairs.item(i).checkState() == Qt.Checked]
+        return [img for img, _ in self.checked_pairs()]
 
     # -- training ----------------------------------------------------------------------------------
     def start(self) -> bool:
         from ._jobs import finetune_job
 
-        names = [n for n in self.checked_names() if n in self.viewer.layers]
-        if not names:
+        chosen = [(i, la) for i, la in self.checked_pairs()
+                  if i in self.viewer.layers and la in self.viewer.layers]
+        if not chosen:
             self.notify_info("napari-textdiff: tick at least one image with corrected labels.")
             return False
         pairs = []
-        for n in names:
-            img = self.viewer.layers[n]
-            lab = _layers.find_labels(self.viewer, img)
-            if lab is None:
-                continue
+        for n, la in chosen:
+            img, lab = self.viewer.layers[n], self.viewer.layers[la]
             pairs.append((n, np.asarray(img.data).copy(), np.asarray(lab.data).copy(),
                           _layers.description_of(img)))
         trained = {p[0] for p in pairs}
@@ -232,6 +256,7 @@ class FinetuneWidget(JobWidget):
 
     def _model_changed(self, label: str) -> None:
         self.model_info.setText(label)
+        self._apply_library_defaults()
         self._update_buttons()
 
     def _set_running(self, running: bool) -> None:

@@ -17,9 +17,9 @@ __all__ = ["ImagePanel"]
 class ImagePanel(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        from ._session import get_session
+        from ._session import get_session, real_viewer
 
-        self.viewer = napari_viewer
+        self.viewer = real_viewer(napari_viewer)
         self.session = get_session(napari_viewer)
         self._layer = None
         self._updating = False

@@ -27,6 +27,7 @@ class SegmentWidget(JobWidget):
         self.model_info.setWordWrap(True)
         self.device = QComboBox()
         self.device.addItems(DEVICES)
+        self.device.setCurrentText(self.session.device)
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.01, 0.99)
         self.threshold.setSingleStep(0.05)
@@ -69,11 +70,15 @@ class SegmentWidget(JobWidget):
         self.stop_button.clicked.connect(lambda: self.request_stop())
         self.session.modality_changed.connect(self.apply_modality_defaults)
         self.session.model_changed.connect(self.model_info.setText)
+        self.session.job_changed.connect(self._job_changed)
         self.threshold.valueChanged.connect(self._settings_changed)
         self.split.toggled.connect(self._settings_changed)
         self.tiled.toggled.connect(self._settings_changed)
         self.apply_modality_defaults(self.session.modality)
+        if self.session.source != DEFAULT_SOURCE:       # another panel chose a file already
+            self.set_model_file(self.session.source)
         self._settings_changed()
+        self.model_info.setText(self.session.model_label)
 
     # -- choices ----------------------------------------------------------------------------------
     def apply_modality_defaults(self, modality: str) -> None:
@@ -98,7 +103,7 @@ class SegmentWidget(JobWidget):
             self.model_choice.addItem(path.rsplit("/", 1)[-1], path)
             i = self.model_choice.count() - 1
         self.model_choice.setCurrentIndex(i)
-        self.session.source = path
+        self.session.set_source(path)
         self._follow_model_threshold()
 
     def _browse(self) -> None:
@@ -108,7 +113,7 @@ class SegmentWidget(JobWidget):
             self.set_model_file(path)
 
     def _source_chosen(self, index: int) -> None:
-        self.session.source = self.model_choice.itemData(index)
+        self.session.set_source(self.model_choice.itemData(index))
         self._follow_model_threshold()
 
     def _follow_model_threshold(self) -> None:
@@ -122,7 +127,7 @@ class SegmentWidget(JobWidget):
             self.threshold.setValue(thr)
 
     def _device_chosen(self, text: str) -> None:
-        self.session.device = text
+        self.session.set_device(text)
 
     def _settings_changed(self, *_) -> None:
         self.session.threshold = self.threshold.value()
@@ -159,6 +164,12 @@ class SegmentWidget(JobWidget):
         if not ok:
             self._set_running(False)
         return ok
+
+    def _job_changed(self, what: str) -> None:
+        """Another panel's job: Segment waits for it (one job per viewer)."""
+        if not self.running:
+            self.run_button.setEnabled(not what)
+            self.run_button.setToolTip(f"{what} is running" if what else "")
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
