@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from napari_textdiff.cli._common import probability
+
 
 def register(sub) -> None:
     p = sub.add_parser("mgcc", help="MGCC: semi-supervised ConvMixer U-Net (train)")
@@ -54,7 +56,7 @@ def register(sub) -> None:
     t.add_argument("--val-every", type=int, default=200)
     t.add_argument("--checkpoint-every", type=int, default=200)
     t.add_argument("--no-augment", action="store_true", help="disable rot90/flip augmentation")
-    t.add_argument("--threshold", type=float, default=0.5)
+    t.add_argument("--threshold", type=probability, default=0.5)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
     t.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -115,13 +117,16 @@ def _train(args) -> int:
     from napari_textdiff.core.datasets import discover
     from napari_textdiff.core.io import load_image
     from napari_textdiff.core.mgcc.network import MGCCConfig
-    from napari_textdiff.core.mgcc.trainer import TrainConfig, train_mgcc
-    from napari_textdiff.core.progress import print_progress, run
+    from napari_textdiff.cli._common import writable_file, writable_folder
+    from napari_textdiff.core.mgcc.trainer import MGCCTrainer, TrainConfig
+    from napari_textdiff.core.progress import print_progress
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + "_run")
+    writable_file(out)               # before any work: a bad path must not cost a training
+    writable_folder(run_dir, "--run-dir")
     samples = discover(args.data)
     lab, unl_samples, val = split_for_mgcc(samples, args.labeled_fraction, args.val_fraction,
                                            args.seed)
@@ -146,10 +151,11 @@ def _train(args) -> int:
     meta = {"data": str(args.data), "labeled": len(lab_ex), "unlabeled_real": len(unl_samples)
             + len(extra["unlabeled"]), "synthetic": len(extra["synthetic"]),
             "validation": [s.name for s in val], "command": " ".join(sys.argv)}
-    gen = train_mgcc(lab_ex, unl_img, val_ex, net_config=MGCCConfig(in_channels=channels,
-                                                                   width=args.width),
-                     config=cfg, device=args.device, run_dir=run_dir, resume=args.resume,
-                     meta=meta)
+    trainer = MGCCTrainer(lab_ex, unl_img, val_ex,
+                          net_config=MGCCConfig(in_channels=channels, width=args.width),
+                          config=cfg, device=args.device, run_dir=run_dir, resume=args.resume,
+                          meta=meta)
+    gen = trainer.run()
     every = print_progress(every=10.0)
 
     def show(ev):  # validation results always; training steps at most every 10 s
@@ -158,8 +164,29 @@ def _train(args) -> int:
         else:
             every(ev)
 
-    model = run(gen, callback=show)
-    model.save(out, dtype=torch.float16 if args.fp16 else None)
+    dtype = torch.float16 if args.fp16 else None
+    try:
+        while True:
+            show(next(gen))
+    except StopIteration as stop:
+        model = stop.value
+    except KeyboardInterrupt:
+        # Ctrl-C: keep the work: the best validated model (else the latest) at --out, and a
+        # checkpoint for --resume
+        gen.close()
+        if trainer.it == 0:
+            print(f"interrupted before the first step: nothing to save; {out} is unchanged",
+                  file=sys.stderr)
+            raise
+        trainer.meta["interrupted"] = True
+        trainer.save_checkpoint()
+        trainer.result().save(out, dtype=dtype)
+        which = ("the best validated model" if trainer.best_state is not None
+                 else "the latest model")
+        print(f"interrupted at iteration {trainer.it}: saved {which} to {out} (continue with "
+              f"--resume; checkpoint in {run_dir})", file=sys.stderr, flush=True)
+        raise
+    model.save(out, dtype=dtype)
     hist = model.meta.get("history", [])
     best = next((h for h in hist if h.get("it") == model.meta.get("best_iteration")), None)
     summary = {"out": str(out), "iterations": model.meta.get("iterations"),
