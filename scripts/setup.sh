@@ -41,9 +41,11 @@ FL=()
 [ -d /opt/wheels ] && FL=(--find-links /opt/wheels)
 
 has_torch() { "$VPY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)"; }
+# an NVIDIA GPU here: take the registry's torch (CUDA wheels on Linux), never the CPU one on disk
+has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; }
 if ! has_torch; then
-  echo "[setup] installing torch (CPU wheel where one is on disk)"
-  if [ -d /opt/wheels ] && ls /opt/wheels/torch-*+cpu-*.whl >/dev/null 2>&1; then
+  echo "[setup] installing torch (CPU wheel where one is on disk and no NVIDIA GPU is seen)"
+  if ! has_gpu && [ -d /opt/wheels ] && ls /opt/wheels/torch-*+cpu-*.whl >/dev/null 2>&1; then
     pipi "${FL[@]}" "torch==2.13.0+cpu"
   else
     pipi "torch"
