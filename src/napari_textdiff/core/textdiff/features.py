@@ -258,3 +258,83 @@ class DiffusionFeatures:
         for hk in self._hooks:
             hk.remove()
         self._hooks = []
+
+
+class FeatureStack:
+    """Diffusion taps and/or the classic filter bank behind the ``DiffusionFeatures`` interface.
+
+    Why: the head takes a list of (B, C, h, w) maps with their strides; the classic bank is
+    one more map at stride 1, so training, caching and prediction handle it unchanged.
+    ``taps`` lists the diffusion taps only (what the config stores); ``out_channels`` and
+    ``strides`` cover every map, diffusion first, classic last.
+    """
+
+    def __init__(self, diffusion=None, classic=None):
+        if diffusion is None and classic is None:
+            raise ValueError("FeatureStack needs diffusion features, classic ones, or both")
+        self.diffusion = diffusion
+        self.classic = classic
+
+    def __getattr__(self, name):   # unet, steps, noise_seed, multiple... of the diffusion part
+        if name in ("diffusion", "classic") or self.__dict__.get("diffusion") is None:
+            raise AttributeError(name)
+        return getattr(self.diffusion, name)
+
+    @property
+    def in_channels(self) -> int:
+        src = self.diffusion if self.diffusion is not None else self.classic
+        return int(src.in_channels)
+
+    @property
+    def taps(self) -> list[str]:
+        return list(self.diffusion.taps) if self.diffusion is not None else []
+
+    @property
+    def out_channels(self) -> list[int]:
+        out = list(self.diffusion.out_channels) if self.diffusion is not None else []
+        return out + ([self.classic.channels] if self.classic is not None else [])
+
+    @property
+    def strides(self) -> list[int]:
+        out = list(self.diffusion.strides) if self.diffusion is not None else []
+        return out + ([1] if self.classic is not None else [])
+
+    def fingerprint(self) -> str:
+        return self.diffusion.fingerprint() if self.diffusion is not None else "classic-only"
+
+    def to(self, device):
+        for part in (self.diffusion, self.classic):
+            if part is not None:
+                part.to(device)
+        return self
+
+    def __call__(self, images, batch_size: int = 4):
+        out = []
+        if self.diffusion is not None:
+            out += list(self.diffusion(images, batch_size=batch_size))
+        if self.classic is not None:
+            out += list(self.classic(images, batch_size=batch_size))
+        return out
+
+    def close(self):
+        if self.diffusion is not None and hasattr(self.diffusion, "close"):
+            self.diffusion.close()
+
+
+def build_features(config, unet=None, scheduler=None, device="cpu"):
+    """The feature extractor a config asks for (``config.features``): plain
+    ``DiffusionFeatures`` for "diffusion" (as before), a :class:`FeatureStack` otherwise."""
+    from .classic import ClassicFeatures
+
+    kind = getattr(config, "features", "diffusion")
+    diff = None
+    if kind in ("diffusion", "both"):
+        if unet is None:
+            raise ValueError(f"features={kind!r} needs a diffusion backbone")
+        diff = DiffusionFeatures(unet, scheduler, taps=config.taps, steps=config.steps,
+                                 noise_seed=config.noise_seed, device=device)
+        if kind == "diffusion":
+            return diff
+    in_ch = diff.in_channels if diff is not None else int(config.in_channels)
+    classic = ClassicFeatures(in_ch, config.classic_sigmas, device=device)
+    return FeatureStack(diff, classic)

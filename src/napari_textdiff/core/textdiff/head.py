@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["TextDiffHead", "CrossAttentionBlock"]
+__all__ = ["TextDiffHead", "LightHead", "CrossAttentionBlock", "build_head"]
 
 
 class CrossAttentionBlock(nn.Module):
@@ -97,3 +97,64 @@ class TextDiffHead(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class LightHead(TextDiffHead):
+    """The CPU-minutes head: same text fusion, a decoder that does less work at full size.
+
+    Why: the ``conv`` decoder's first 3x3 conv runs over every scale concatenated at full
+    resolution (19 GFLOP per 256² tile at 4x64 channels). Here each input map is standardised
+    (BatchNorm: diffusion activations and filter responses differ by orders of magnitude)
+    and projected by 1x1. Text is fused at coarse resolution only: a map finer than
+    ``text_stride`` is average-pooled to it, goes through the shared cross-attention block,
+    and the block's update (output minus input) is upsampled and added back — pixel attention
+    to text tokens at full size was most of the cost. The upsampled scales are then mixed by a
+    1x1 conv to ``decoder[0]`` channels before 3x3 convs (``decoder[1:]``).
+    """
+
+    def __init__(self, in_channels: list[int], text_dim: int, dim: int = 32, heads: int = 4,
+                 ff_mult: int = 2, cross_attention_layers: int = 2,
+                 decoder: list[int] = (32, 32), text_mode: str = "cross_attention",
+                 text_stride: int = 8):
+        super().__init__(in_channels, text_dim, dim, heads, ff_mult, cross_attention_layers,
+                         decoder, text_mode)
+        self.text_stride = int(text_stride)
+        self.norm = nn.ModuleList(nn.BatchNorm2d(c) for c in in_channels)
+        c = dim * len(in_channels)
+        layers = [nn.Conv2d(c, decoder[0], 1, bias=False), nn.BatchNorm2d(decoder[0]),
+                  nn.ReLU(inplace=True)]
+        c = decoder[0]
+        for w in decoder[1:]:
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w),
+                       nn.ReLU(inplace=True)]
+            c = w
+        layers.append(nn.Conv2d(c, 2, 1))
+        self.classifier = nn.Sequential(*layers)
+
+    def forward(self, features, text=None, text_mask=None, out_size=None):
+        if out_size is None:
+            out_size = max((f.shape[-2:] for f in features), key=lambda s: s[0] * s[1])
+        ups = []
+        for norm, proj, f in zip(self.norm, self.proj, features):
+            x = proj(norm(f))
+            k = max(1, self.text_stride * x.shape[-2] // out_size[0])
+            if k > 1 and self.text_mode != "none":
+                p = F.avg_pool2d(x, k, ceil_mode=True)
+                x = x + F.interpolate(self._fuse(p, text, text_mask) - p, size=x.shape[-2:],
+                                      mode="bilinear", align_corners=False)
+            else:
+                x = self._fuse(x, text, text_mask)
+            if tuple(x.shape[-2:]) != tuple(out_size):
+                x = F.interpolate(x, size=tuple(out_size), mode="bilinear", align_corners=False)
+            ups.append(x)
+        return self.classifier(torch.cat(ups, 1))
+
+
+def build_head(config, in_channels: list[int], text_dim: int) -> TextDiffHead:
+    """The head ``config.head`` names ("conv": the paper's layout; "light": :class:`LightHead`)."""
+    kw = dict(text_dim=text_dim, dim=config.dim, heads=config.heads, ff_mult=config.ff_mult,
+              cross_attention_layers=config.cross_attention_layers, decoder=config.decoder,
+              text_mode=config.text_mode)
+    if getattr(config, "head", "conv") == "light":
+        return LightHead(list(in_channels), text_stride=config.text_stride, **kw)
+    return TextDiffHead(list(in_channels), **kw)

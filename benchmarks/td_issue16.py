@@ -1,0 +1,287 @@
+"""Issue 16 experiments: feature kinds, working scale, k-fold CV of the TextDiff head, RF peer.
+
+Every run is one JSON line appended to ``--log`` (default /work/ckpt/td/results.jsonl); the
+diffusion features of each tile are memoised on disk (``--memo``), so the ~2-10 s per 256²
+tile of the bundled backbone is paid once per image and scale across all experiments.
+Scores are per image at native resolution (1000²), averaged over images.
+
+  python benchmarks/td_issue16.py fit   --train A,B,.. --eval C,.. [--set k=v ...] --tag T
+  python benchmarks/td_issue16.py cv    --folds 5 [--set k=v ...] --tag T
+  python benchmarks/td_issue16.py rf    --train A,B,.. --eval C,..
+  python benchmarks/td_issue16.py speed [--set k=v ...]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "monuseg"
+BACKBONE = ROOT / "src" / "napari_textdiff" / "models" / "backbone"
+FIVE = ["TCGA-A7-A13F-01Z-00-DX1", "TCGA-AR-A1AK-01Z-00-DX1", "TCGA-B0-5711-01Z-00-DX1",
+        "TCGA-DK-A2I6-01A-01-TS1", "TCGA-G9-6356-01Z-00-DX1"]   # the reference's seed-0 draw
+GRID = [round(t, 2) for t in np.arange(0.2, 0.851, 0.05)]
+
+
+class DiskMemo:
+    """Proxy for DiffusionFeatures: each tile's features computed once, kept as .npy files."""
+
+    def __init__(self, features, folder):
+        self._f = features
+        self.dir = Path(folder) / features.fingerprint()[:16]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.seconds = 0.0
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def to(self, device):
+        self._f.to(device)
+        return self
+
+    def __call__(self, images, batch_size=4):
+        import torch
+
+        images = np.asarray(images, dtype=np.float32)
+        keys = [hashlib.sha1(np.ascontiguousarray(a).tobytes() + str(a.shape).encode()
+                             + str(self._f.steps).encode()).hexdigest() for a in images]
+        out = [[None] * len(images) for _ in self._f.taps]
+        todo = [i for i, k in enumerate(keys) if not (self.dir / f"{k}.npz").exists()]
+        if todo:
+            t0 = time.monotonic()
+            fresh = self._f(images[todo], batch_size=batch_size)
+            self.seconds += time.monotonic() - t0
+            for j, i in enumerate(todo):
+                arrs = {f"a{k}": f[j].numpy().astype(np.float16) for k, f in enumerate(fresh)}
+                tmp = self.dir / f"{keys[i]}.tmp.npz"
+                np.savez(tmp, **arrs)
+                os.replace(tmp, self.dir / f"{keys[i]}.npz")
+        for i, k in enumerate(keys):
+            with np.load(self.dir / f"{k}.npz") as z:
+                for t in range(len(self._f.taps)):
+                    out[t][i] = torch.from_numpy(z[f"a{t}"].astype(np.float32))
+        return [torch.stack(o) for o in out]
+
+
+def load_data(names=None):
+    from napari_textdiff.core.datasets import load_monuseg
+
+    samples = {s.name: s for s in load_monuseg(DATA, split=None)}
+    names = names or sorted(samples)
+    return [samples[n].load(channels=3) for n in names]
+
+
+def make_model(overrides: dict, memo: str | None):
+    import torch
+
+    from napari_textdiff.core.textdiff.config import TextDiffConfig
+    from napari_textdiff.core.textdiff.model import TextDiffModel
+
+    torch.set_num_threads(int(os.environ.get("TD_THREADS", "1")))
+    preset = overrides.pop("preset", "light")
+    cfg = TextDiffConfig.preset(preset, **overrides)
+    m = TextDiffModel.create(cfg, backbone=str(BACKBONE) if cfg.features != "classic" else None,
+                             device="cpu")
+    if memo:
+        f = m.features
+        if getattr(f, "diffusion", None) is not None:
+            f.diffusion = DiskMemo(f.diffusion, memo)
+        elif cfg.features == "diffusion":
+            m.features = DiskMemo(f, memo)
+    return m
+
+
+def score(model, examples, keep_probs=None):
+    """Per-image metrics at native resolution for the model's threshold and the grid."""
+    from napari_textdiff.core.instances import binary_to_instances
+    from napari_textdiff.core.metrics import aji, binary_metrics
+
+    rows, probs = [], []
+    for ex in examples:
+        t0 = time.monotonic()
+        p = model.predict_proba(ex.image, ex.text if model.uses_text else None)
+        sec = time.monotonic() - t0
+        gt = ex.mask > 0
+        row = {"name": ex.name, "seconds": sec,
+               "dice_grid": [binary_metrics(p >= t, gt)["dice"] for t in GRID]}
+        b = p >= model.config.threshold
+        row.update(binary_metrics(b, gt))
+        row["aji"] = aji(binary_to_instances(b), binary_to_instances(gt))
+        rows.append(row)
+        if keep_probs is not None:
+            np.save(Path(keep_probs) / f"{ex.name}.npy", p.astype(np.float16))
+    return rows
+
+
+def summary(rows):
+    keys = ["dice", "iou", "precision", "recall", "aji", "seconds"]
+    out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    out["dice_std"] = float(np.std([r["dice"] for r in rows]))
+    out["dice_grid"] = np.mean([r["dice_grid"] for r in rows], 0).round(4).tolist()
+    return out
+
+
+def fit_curve(model, train, val):
+    """Fit with a monitoring set; returns (history, per-epoch head states)."""
+    import copy
+
+    states = []
+    gen = model.fit(train, val)
+    try:
+        while True:
+            ev = next(gen)
+            if ev.stage == "validate":
+                states.append(copy.deepcopy(model.head.state_dict()))
+    except StopIteration as e:
+        hist = e.value
+    return hist, states
+
+
+def parse_sets(sets):
+    out = {}
+    for s in sets or []:
+        k, v = s.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def log(args, rec):
+    rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.log, "a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+    print(json.dumps({k: v for k, v in rec.items() if k not in ("rows", "hist")}), flush=True)
+
+
+def cmd_fit(args):
+    over = parse_sets(args.set)
+    train = load_data(args.train.split(",") if args.train else FIVE)
+    names = [n for n in sorted({s.name for s in load_data()}) if n not in
+             {e.name for e in train}] if not args.eval else args.eval.split(",")
+    ev = load_data(names)
+    m = make_model(dict(over, patience=0), args.memo)
+    t0 = time.monotonic()
+    hist, states = fit_curve(m, train, ev if args.curve else None)
+    fit_s = time.monotonic() - t0
+    if states:
+        m.head.load_state_dict(states[-1])     # the LAST head: the curve only monitors
+    rows = score(m, ev)
+    if args.save:
+        m.save(args.save)
+    log(args, {"cmd": "fit", "tag": args.tag, "set": over, "train": [e.name for e in train],
+               "n_eval": len(ev), "fit_seconds": fit_s, **summary(rows),
+               "hist": {k: hist.get(k) for k in ("loss", "val_dice", "epoch_seconds",
+                                                  "feature_seconds")}, "rows": rows})
+
+
+def cmd_cv(args):
+    over = parse_sets(args.set)
+    data = load_data()
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(data))
+    folds = [order[i::args.folds] for i in range(args.folds)]
+    curves, fold_states, t_all = [], [], time.monotonic()
+    out = Path(args.work) / args.tag
+    out.mkdir(parents=True, exist_ok=True)
+    for k, held in enumerate(folds):
+        tr = [data[i] for i in order if i not in set(held)]
+        va = [data[i] for i in held]
+        m = make_model(dict(over, patience=0), args.memo)
+        hist, states = fit_curve(m, tr, va)
+        curves.append(hist["val_dice"])
+        fold_states.append((m, states, va))
+        print(f"fold {k}: val {np.round(hist['val_dice'], 3).tolist()}", flush=True)
+    mean_curve = np.mean(curves, 0)
+    best_epoch = int(np.argmax(mean_curve)) + 1
+    rows = []
+    for m, states, va in fold_states:
+        m.head.load_state_dict(states[best_epoch - 1])
+        rows += score(m, va, keep_probs=out)
+    grid_mean = np.mean([r["dice_grid"] for r in rows], 0)
+    thr = GRID[int(np.argmax(grid_mean))]
+    log(args, {"cmd": "cv", "tag": args.tag, "set": over, "folds": args.folds,
+               "seed": args.seed, "best_epoch": best_epoch,
+               "mean_curve": mean_curve.round(4).tolist(), "curves": curves,
+               "oof_threshold": thr, "oof_dice_at_threshold": float(grid_mean.max()),
+               "seconds": time.monotonic() - t_all, **summary(rows), "rows": rows})
+
+
+def cmd_rf(args):
+    from skimage.feature import multiscale_basic_features
+    from sklearn.ensemble import RandomForestClassifier
+
+    from napari_textdiff.core.metrics import binary_metrics
+
+    train = load_data(args.train.split(",") if args.train else FIVE)
+    names = args.eval.split(",") if args.eval else [
+        n for n in sorted({s.name for s in load_data()}) if n not in {e.name for e in train}]
+    rng = np.random.default_rng(0)
+    feat = lambda im: multiscale_basic_features(im, channel_axis=-1, sigma_min=1,
+                                                sigma_max=16)
+    t0 = time.monotonic()
+    X, y = [], []
+    for ex in train:
+        f = feat(ex.image).reshape(-1, 60 if ex.image.shape[-1] == 3 else 20)
+        idx = rng.choice(len(f), 40000, replace=False)
+        X.append(f[idx]), y.append((ex.mask.ravel() > 0)[idx])
+    rf = RandomForestClassifier(100, max_depth=20, n_jobs=1, random_state=0)
+    rf.fit(np.concatenate(X), np.concatenate(y))
+    fit_s = time.monotonic() - t0
+    rows = []
+    for ex in load_data(names):
+        t1 = time.monotonic()
+        f = feat(ex.image)
+        p = rf.predict_proba(f.reshape(-1, f.shape[-1]))[:, 1].reshape(ex.mask.shape)
+        r = binary_metrics(p >= 0.5, ex.mask > 0)
+        r.update(name=ex.name, seconds=time.monotonic() - t1, aji=float("nan"),
+                 dice_grid=[binary_metrics(p >= t, ex.mask > 0)["dice"] for t in GRID])
+        rows.append(r)
+    log(args, {"cmd": "rf", "tag": args.tag, "train": [e.name for e in train],
+               "n_eval": len(rows), "fit_seconds": fit_s, **summary(rows), "rows": rows})
+
+
+def cmd_speed(args):
+    """Seconds per native image with FRESH features (no memo), on ``--n`` images."""
+    over = parse_sets(args.set)
+    m = make_model(over, None)
+    ev = load_data(args.eval.split(",") if args.eval else None)[:args.n]
+    secs = []
+    for ex in ev:
+        t0 = time.monotonic()
+        m.predict_proba(ex.image, ex.text if m.uses_text else None)
+        secs.append(time.monotonic() - t0)
+    log(args, {"cmd": "speed", "tag": args.tag, "set": over, "seconds": secs,
+               "threads": int(os.environ.get("TD_THREADS", "1"))})
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cmd", choices=["fit", "cv", "rf", "speed"])
+    ap.add_argument("--train", default=None)
+    ap.add_argument("--eval", default=None)
+    ap.add_argument("--set", action="append", help="config override k=v (JSON values)")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--curve", action="store_true", help="fit: validate every epoch on --eval")
+    ap.add_argument("--save", default=None)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n", type=int, default=2)
+    ap.add_argument("--memo", default="/work/ckpt/td/memo")
+    ap.add_argument("--work", default="/work/ckpt/td/oof")
+    ap.add_argument("--log", default="/work/ckpt/td/results.jsonl")
+    args = ap.parse_args(argv)
+    {"fit": cmd_fit, "cv": cmd_cv, "rf": cmd_rf, "speed": cmd_speed}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Issue 16: classic filter bank, the light head, crop training, both feature kinds in a bundle."""
+import numpy as np
+import pytest
+import torch
+
+from napari_textdiff.core.progress import run
+from napari_textdiff.core.textdiff.classic import ClassicFeatures
+from napari_textdiff.core.textdiff.config import TextDiffConfig
+from napari_textdiff.core.textdiff.features import FeatureStack, build_features, random_backbone
+from napari_textdiff.core.textdiff.head import LightHead, TextDiffHead, build_head
+from napari_textdiff.core.textdiff.model import TextDiffModel
+from napari_textdiff.core.textdiff.train import epoch_batches, random_crop
+from textdiff_testkit import dice, make_tiny_backbone, make_tiny_bert, shapes_set
+
+SMALL = dict(working_size=32, tile_overlap=8, dim=16, heads=2, steps=[10, 50], max_length=12,
+             crop_size=16, epochs=12, epoch_steps=10, classic_sigmas=[1.0, 2.0, 4.0])
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tdl")
+    return {"bert": make_tiny_bert(root / "bert"), "bb": make_tiny_backbone(root / "bb")}
+
+
+def test_classic_channels_deterministic_and_matches_skimage_smoothing():
+    rng = np.random.default_rng(0)
+    img = rng.random((2, 40, 36, 3), dtype=np.float32)
+    f = ClassicFeatures(3, [1.0, 4.0])
+    a, b = f(img)[0], f(img)[0]
+    assert f.channels == 3 * 4 * 2 and a.shape == (2, 24, 40, 36)
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+    # the first 3 maps are the sigma-1 Gaussian of each channel (torch reflect = scipy mirror)
+    from scipy.ndimage import gaussian_filter
+    ref = gaussian_filter(img[0, ..., 0].astype(np.float64), 1.0, mode="mirror", truncate=4)
+    np.testing.assert_allclose(a[0, 0].numpy(), ref, atol=2e-3)
+    # a constant image: zero edges and curvature at every scale
+    flat = f(np.full((1, 20, 20, 3), 0.4, np.float32))[0][0]
+    assert float(flat[3:6].abs().max()) < 1e-4 and float(flat[6:12].abs().max()) < 1e-4
+    # tiny images (pad wider than the image) still work; gray input is expanded to RGB
+    assert f(np.zeros((1, 5, 7, 1), np.float32))[0].shape == (1, 24, 5, 7)
+
+
+def test_stack_and_build_features():
+    unet = random_backbone("tiny", in_channels=3, sample_size=32)
+    both = build_features(TextDiffConfig(features="both", steps=[10], classic_sigmas=[1.0]),
+                          unet)
+    assert isinstance(both, FeatureStack)
+    assert both.strides[-1] == 1 and both.out_channels[-1] == 12
+    assert both.taps == both.diffusion.taps and both.unet is unet
+    out = both(np.random.default_rng(1).random((1, 32, 32, 3), dtype=np.float32))
+    assert [o.shape[1] for o in out] == both.out_channels
+    only = build_features(TextDiffConfig(features="classic", classic_sigmas=[1.0, 2.0]))
+    assert only.taps == [] and only.out_channels == [24] and only.fingerprint()
+    plain = build_features(TextDiffConfig(steps=[10]), unet)
+    assert not isinstance(plain, FeatureStack)          # "diffusion": unchanged extractor
+    with pytest.raises(ValueError, match="features"):
+        TextDiffConfig(features="sift")
+
+
+def test_light_head_loss_falls_and_text_reaches_every_pixel():
+    chans = [64, 32, 12]
+    cfg = TextDiffConfig.preset("light", dim=16, heads=2, decoder=[16, 16])
+    head = build_head(cfg, chans, text_dim=8)
+    assert isinstance(head, LightHead)
+    conv = build_head(TextDiffConfig(dim=16, heads=2), chans, text_dim=8)
+    assert type(conv) is TextDiffHead
+    torch.manual_seed(0)
+    feats = [torch.randn(4, 64, 8, 8), torch.randn(4, 32, 16, 16), torch.randn(4, 12, 32, 32)]
+    target = (feats[2][:, 0] > 0.5).long()                  # learnable from one input channel
+    text, mask = torch.randn(4, 5, 8), torch.ones(4, 5, dtype=torch.bool)
+    opt = torch.optim.Adam(head.parameters(), 5e-3)
+    losses = []
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(head(feats, text, mask), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    # the text still reaches every pixel (fused at the coarse scale, added back upsampled)
+    head.eval()
+    a = head(feats, torch.randn(4, 5, 8), mask)
+    b = head(feats, torch.randn(4, 5, 8), mask)
+    assert not torch.allclose(a, b)
+
+
+def test_epoch_batches_and_aligned_crops():
+    rng = np.random.default_rng(0)
+    b = epoch_batches(5, 4, 10, rng)
+    assert len(b) == 10 and all(len(x) == 4 for x in b)
+    assert len(epoch_batches(5, 2, None, rng)) == 3
+    feats = [torch.arange(4 * 4).view(1, 1, 4, 4).float(), torch.zeros(1, 2, 32, 32)]
+    masks, valid = torch.zeros(1, 32, 32), torch.ones(1, 32, 32)
+    f, m, v = random_crop(feats, masks, valid, [8, 1], 16, rng)
+    assert f[0].shape[-2:] == (2, 2) and f[1].shape[-2:] == (16, 16) and m.shape[-2:] == (16, 16)
+    same = random_crop(feats, masks, valid, [8, 1], 32, rng)
+    assert same[1] is masks
+
+
+@pytest.mark.parametrize("kind", ["both", "classic"])
+def test_light_fit_learns_and_roundtrips(env, tmp_path, kind):
+    torch.set_num_threads(1)
+    cfg = TextDiffConfig.preset("light", features=kind, lr=3e-3, **SMALL)
+    bb = str(env["bb"]) if kind == "both" else None
+    m = TextDiffModel.create(cfg, backbone=bb, text_encoder=str(env["bert"]), device="cpu")
+    hist = run(m.fit(shapes_set(16, seed=0)))
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    assert len(hist["epoch_seconds"]) == hist["epochs_run"] == 12
+    assert np.mean([dice(m.predict(ex.image, ex.text), ex.mask)
+                    for ex in shapes_set(8, seed=1)]) > 0.7
+    path = m.save(tmp_path / f"{kind}.safetensors")
+    back = TextDiffModel.load(path, device="cpu", text_encoder=str(env["bert"]))
+    assert back.config.features == kind and back.config.head == "light"
+    ex = shapes_set(1, seed=5)[0]
+    np.testing.assert_array_equal(m.predict_proba(ex.image, ex.text),
+                                  back.predict_proba(ex.image, ex.text))
