@@ -139,6 +139,9 @@ def fit_curve(model, train, val):
             ev = next(gen)
             if ev.stage == "validate":
                 states.append(copy.deepcopy(model.head.state_dict()))
+            if ev.stage in ("validate", "train") and ev.step % 25 == 0:
+                print(f"  {ev.stage} epoch {ev.epoch} step {ev.step}/{ev.total} "
+                      f"loss {ev.loss:.4f} {ev.metrics or ''} {ev.elapsed:.0f}s", flush=True)
     except StopIteration as e:
         hist = e.value
     return hist, states
@@ -157,6 +160,8 @@ def parse_sets(sets):
 
 def log(args, rec):
     rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    rec["process_cpu_seconds"] = time.process_time()      # whole process, features included
+    rec["load_average"] = os.getloadavg()[0]
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     with open(args.log, "a") as fh:
         fh.write(json.dumps(rec) + "\n")
@@ -171,7 +176,7 @@ def cmd_fit(args):
     ev = load_data(names)
     m = make_model(dict(over, patience=0), args.memo)
     t0 = time.monotonic()
-    hist, states = fit_curve(m, train, ev if args.curve else None)
+    hist, states = fit_curve(m, train, ev[:args.curve] if args.curve else None)
     fit_s = time.monotonic() - t0
     if states:
         m.head.load_state_dict(states[-1])     # the LAST head: the curve only monitors
@@ -250,6 +255,33 @@ def cmd_rf(args):
                "n_eval": len(rows), "fit_seconds": fit_s, **summary(rows), "rows": rows})
 
 
+def cmd_final(args):
+    """Train on every labelled image for the CV-chosen epochs, store the OOF threshold + card."""
+    over = parse_sets(args.set)
+    cv = [json.loads(line) for line in open(args.log) if '"cmd": "cv"' in line]
+    cv = [r for r in cv if r["tag"] == args.cv_tag][-1]
+    data = load_data()
+    m = make_model(dict(over, epochs=cv["best_epoch"], patience=0), args.memo)
+    t0 = time.monotonic()
+    hist, _ = fit_curve(m, data, None)
+    m.config.threshold = float(cv["oof_threshold"])
+    keys = ["dice", "iou", "precision", "recall", "aji", "dice_std"]
+    m.meta["cross_validation"] = {
+        "folds": cv["folds"], "seed": cv["seed"], "images": len(data),
+        "best_epoch": cv["best_epoch"], "mean_val_curve": cv["mean_curve"],
+        "threshold": cv["oof_threshold"], "oof_dice_at_threshold": cv["oof_dice_at_threshold"],
+        "oof_at_0.5": {k: cv[k] for k in keys},
+        "note": "out-of-fold, native resolution, per-image mean; epoch and threshold were "
+                "chosen on the same out-of-fold predictions"}
+    m.meta["training"]["command"] = " ".join(sys.argv)
+    m.meta["training"]["train_names"] = [e.name for e in data]
+    m.meta["training"]["fit_seconds_wall"] = time.monotonic() - t0
+    m.save(args.save)
+    log(args, {"cmd": "final", "tag": args.tag, "set": over, "cv_tag": args.cv_tag,
+               "epochs": cv["best_epoch"], "seconds": time.monotonic() - t0,
+               "threshold": m.config.threshold, "final_loss": hist["loss"][-1]})
+
+
 def cmd_speed(args):
     """Seconds per native image with FRESH features (no memo), on ``--n`` images."""
     over = parse_sets(args.set)
@@ -266,12 +298,14 @@ def cmd_speed(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["fit", "cv", "rf", "speed"])
+    ap.add_argument("cmd", choices=["fit", "cv", "rf", "speed", "final"])
+    ap.add_argument("--cv-tag", default=None, help="final: the cv run whose epoch/threshold")
     ap.add_argument("--train", default=None)
     ap.add_argument("--eval", default=None)
     ap.add_argument("--set", action="append", help="config override k=v (JSON values)")
     ap.add_argument("--tag", default="")
-    ap.add_argument("--curve", action="store_true", help="fit: validate every epoch on --eval")
+    ap.add_argument("--curve", type=int, default=0,
+                    help="fit: validate every epoch on the first N --eval images (monitor only)")
     ap.add_argument("--save", default=None)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -280,7 +314,8 @@ def main(argv=None):
     ap.add_argument("--work", default="/work/ckpt/td/oof")
     ap.add_argument("--log", default="/work/ckpt/td/results.jsonl")
     args = ap.parse_args(argv)
-    {"fit": cmd_fit, "cv": cmd_cv, "rf": cmd_rf, "speed": cmd_speed}[args.cmd](args)
+    {"fit": cmd_fit, "cv": cmd_cv, "rf": cmd_rf, "speed": cmd_speed,
+     "final": cmd_final}[args.cmd](args)
 
 
 if __name__ == "__main__":

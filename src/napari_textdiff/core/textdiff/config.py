@@ -120,8 +120,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"dim": 768, "heads": 8, "ff_mult": 4, "decoder": [128, 32], "lr": 1e-4,
               "batch_size": 1, "epochs": 50, "resize_to": 256},
     # the CPU-minutes head (issue 16): diffusion taps + classic filter bank, standardised
-    # inputs, 32-d cross-attention, 1x1 mixing before one 3x3, trained on 128^2 crops
+    # inputs, 32-d cross-attention, 1x1 mixing before one 3x3, trained on 64^2 crops
     "light": {"head": "light", "features": "both", "dim": 32, "heads": 4, "decoder": [32, 32],
-              "crop_size": 128, "batch_size": 4, "lr": 2e-3, "epoch_steps": 25, "epochs": 40,
+              "crop_size": 64, "batch_size": 4, "lr": 2e-3, "epoch_steps": 25, "epochs": 20,
               "patience": 8},
 }
