@@ -202,3 +202,19 @@ def test_features_stay_in_the_backbone_dtype_on_the_device(tmp_path, monkeypatch
     for a, b in zip(on_dev, ref):
         assert a.shape == b.shape
         assert torch.allclose(a.float(), b, atol=0.1 * float(b.abs().max()) + 1e-3)
+
+
+def test_no_training_loop_bypasses_the_helper():
+    """One helper for every loop: backward/step only in core.amp (backbone pretraining goes
+    through accelerate, which scales fp16 losses itself)."""
+    import re
+    from pathlib import Path
+
+    import napari_textdiff
+
+    root = Path(napari_textdiff.__file__).parent
+    allowed = {"core/amp.py", "core/diffusion/pretrain.py"}
+    bad = [str(p.relative_to(root)) for p in root.rglob("*.py")
+           if str(p.relative_to(root)) not in allowed
+           and re.search(r"\.backward\(|\bopt(imizer)?\.step\(\)", p.read_text())]
+    assert bad == [], f"training steps outside core.amp.Amp: {bad}"

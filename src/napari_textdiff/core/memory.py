@@ -55,8 +55,9 @@ def _memory_line(device) -> str:
 def oom_message(device, what: str, batch: int | None = None, advice: str | None = None) -> str:
     """The user-facing text of an out-of-memory error."""
     at = f" even with a tile batch of {batch}" if batch else ""
-    advice = advice or ("lower the tile batch size (--batch-size / the panel's batch), "
-                        "close other programs using the GPU, or run on device cpu")
+    advice = advice or ("close other programs using the GPU (or other models open in this "
+                        "one), predict with a smaller tile batch (batch_size=1), or run on the "
+                        "CPU (device cpu: the panel's Device menu, --device cpu)")
     return (f"Out of GPU memory on {device}{_memory_line(device)} during {what}{at}. "
             f"To fix: {advice}.")
 
