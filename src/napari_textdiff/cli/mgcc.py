@@ -63,6 +63,10 @@ def register(sub) -> None:
     t.add_argument("--run-dir", default=None, help="checkpoint folder (default: OUT_run/)")
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     t.add_argument("--fp16", action="store_true", help="store the bundle's weights as float16")
+    t.add_argument("--main-only", action="store_true",
+                   help="supervised: train the main decoder only (no aux decoders, no unlabeled)")
+    t.add_argument("--init", default=None, metavar="BUNDLE",
+                   help="warm start from an MGCC bundle of the same width and channels")
     t.set_defaults(func=_train)
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
 
@@ -140,21 +144,27 @@ def _train(args) -> int:
           file=sys.stderr, flush=True)
     lab_ex = [s.load(channels=channels) for s in lab]
     val_ex = [s.load(channels=channels) for s in val]
-    unl_img = ([s.load_image(channels=channels) for s in unl_samples]
+    unl_img = ([] if args.main_only else [s.load_image(channels=channels) for s in unl_samples]
                + [load_image(f, channels=channels) for f in extra["unlabeled"] + extra["synthetic"]])
+    init_state = None
+    if args.init:
+        from napari_textdiff.core.bundle import load_bundle
+
+        init_state = load_bundle(args.init, expect_kind="mgcc")[1]
     cfg = TrainConfig(iterations=args.iterations, size=args.size, batch_labeled=args.batch_labeled,
                       batch_unlabeled=args.batch_unlabeled, lr=args.lr, schedule=args.schedule,
                       w_max=args.w_max, rampup_fraction=args.rampup_fraction,
                       rampup_iters=args.rampup_iters, val_every=args.val_every,
                       checkpoint_every=args.checkpoint_every, augment=not args.no_augment,
-                      threshold=args.threshold, seed=args.seed)
+                      threshold=args.threshold, seed=args.seed, main_only=args.main_only)
     meta = {"data": str(args.data), "labeled": len(lab_ex), "unlabeled_real": len(unl_samples)
             + len(extra["unlabeled"]), "synthetic": len(extra["synthetic"]),
-            "validation": [s.name for s in val], "command": " ".join(sys.argv)}
+            "validation": [s.name for s in val], "command": " ".join(sys.argv),
+            "init": args.init}
     trainer = MGCCTrainer(lab_ex, unl_img, val_ex,
                           net_config=MGCCConfig(in_channels=channels, width=args.width),
                           config=cfg, device=args.device, run_dir=run_dir, resume=args.resume,
-                          meta=meta)
+                          meta=meta, init_state=init_state)
     gen = trainer.run()
     every = print_progress(every=10.0)
 

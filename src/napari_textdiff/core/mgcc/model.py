@@ -30,7 +30,8 @@ class MGCCModel:
     uses_text = False
 
     def __init__(self, net: MGCCNet, *, size: int = 256, threshold: float = 0.5,
-                 inference: str = "resize", meta: dict | None = None, device=None):
+                 inference: str = "resize", meta: dict | None = None, device=None,
+                 decision: dict | None = None):
         if size % 16:
             raise ValueError(f"working size must be a multiple of 16, got {size}")
         if inference not in ("resize", "tile"):
@@ -40,6 +41,7 @@ class MGCCModel:
         self.threshold = float(threshold)
         self.inference = inference
         self.meta = dict(meta or {})
+        self.decision = dict(decision) if decision else None   # image-level rule (decision.py)
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
 
     # ------------------------------------------------------------------ construction
@@ -57,8 +59,11 @@ class MGCCModel:
     def config(self) -> dict:
         c = self.net.config.to_dict()
         c["aux"] = False
-        return {"net": c, "size": self.size, "threshold": self.threshold,
-                "inference": self.inference}
+        out = {"net": c, "size": self.size, "threshold": self.threshold,
+               "inference": self.inference}
+        if self.decision:
+            out["decision"] = dict(self.decision)
+        return out
 
     def to(self, device) -> "MGCCModel":
         from ..device import resolve_device
@@ -70,7 +75,11 @@ class MGCCModel:
     # ------------------------------------------------------------------ prediction
     @torch.no_grad()
     def predict_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,C,size,size) float in [0,1] -> probabilities (B,1,size,size), main path only."""
+        """(B,C,size,size) float in [0,1] -> probabilities (B,1,size,size), main path only.
+
+        Whole-image models (``inference="resize"``) apply their image-level "no lesion" rule
+        (``self.decision``, see ``decision.py``) here, so every caller gets the same answer.
+        """
         from ..device import autocast
 
         was_training = self.net.training
@@ -78,7 +87,12 @@ class MGCCModel:
         try:
             with autocast(self.device):
                 logits = self.net(normalize_input(images.to(self.device)))
-            return torch.sigmoid(logits.float())
+            prob = torch.sigmoid(logits.float())
+            if self.decision and self.inference == "resize":
+                from .decision import apply_rule
+
+                prob = apply_rule(prob, self.decision, self.threshold)
+            return prob
         finally:
             self.net.train(was_training)
 
@@ -189,7 +203,8 @@ class MGCCModel:
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
             raise BundleError(f"{path}: MGCC weights do not match their config ({e})") from e
         model = cls(net.eval(), size=cfg.get("size", 256), threshold=cfg.get("threshold", 0.5),
-                    inference=cfg.get("inference", "resize"), meta=header.get("meta"))
+                    inference=cfg.get("inference", "resize"), meta=header.get("meta"),
+                    decision=cfg.get("decision"))
         return model.to(dev)
 
 

@@ -56,6 +56,7 @@ class TrainConfig:
     augment: bool = True
     threshold: float = 0.5
     seed: int = 0
+    main_only: bool = False            # supervised: main decoder only (no aux, no unlabeled)
 
     @property
     def ramp_length(self) -> float:
@@ -102,7 +103,7 @@ class MGCCTrainer:
     def __init__(self, labeled: Sequence[Example], unlabeled: Sequence[np.ndarray] = (),
                  val: Sequence[Example] = (), *, net_config: MGCCConfig | None = None,
                  config: TrainConfig | None = None, device="auto", run_dir=None,
-                 resume: bool = False, meta: dict | None = None):
+                 resume: bool = False, meta: dict | None = None, init_state: dict | None = None):
         from ..device import resolve_device
 
         self.cfg = config or TrainConfig()
@@ -110,7 +111,10 @@ class MGCCTrainer:
             raise ValueError(f"working size must be a multiple of 16, got {self.cfg.size}")
         if not labeled:
             raise ValueError("MGCC training needs at least one labeled image")
-        self.net_config = dataclasses.replace(net_config or MGCCConfig(), aux=True)
+        if self.cfg.main_only and len(unlabeled):
+            raise ValueError("main_only (supervised) training uses no unlabeled images")
+        self.net_config = dataclasses.replace(net_config or MGCCConfig(),
+                                              aux=not self.cfg.main_only)
         self.device = resolve_device(device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.val = list(val)
@@ -125,6 +129,13 @@ class MGCCTrainer:
         self.n_unl_batch = self.cfg.batch_unlabeled if self.X_unl is not None else 0
         torch.manual_seed(self.cfg.seed)
         self.net = MGCCNet(self.net_config).to(self.device)
+        if init_state is not None:  # warm start of the inference path (aux decoders stay fresh)
+            missing, unexpected = self.net.load_state_dict(
+                {k: v.float() for k, v in init_state.items()}, strict=False)
+            if unexpected or any(not k.startswith(("aux_decoders.", "perturbations."))
+                                 for k in missing):
+                raise ValueError(f"init weights do not fit the network: missing {missing}, "
+                                 f"unexpected {unexpected}")
         self.opt = torch.optim.SGD(self.net.parameters(), lr=self.cfg.lr,
                                    momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
         from ..amp import Amp
@@ -216,7 +227,7 @@ class MGCCTrainer:
         w = consistency_weight(self.it, cfg.w_max, cfg.ramp_length)
         self.net.train()
         with self.amp.autocast():
-            outs = self.net.forward_all(x)
+            outs = [self.net(x)] if cfg.main_only else self.net.forward_all(x)
         outs = [o.float() for o in outs]
         sup = supervised_loss([o[:nl] for o in outs], y)
         if self.n_unl_batch:
@@ -294,9 +305,10 @@ class MGCCTrainer:
 def train_mgcc(labeled: Sequence[Example], unlabeled: Sequence[np.ndarray] = (),
                val: Sequence[Example] = (), *, net_config: MGCCConfig | None = None,
                config: TrainConfig | None = None, device="auto", run_dir=None,
-               resume: bool = False, should_stop=None, meta: dict | None = None
-               ) -> Generator[Progress, None, MGCCModel]:
+               resume: bool = False, should_stop=None, meta: dict | None = None,
+               init_state: dict | None = None) -> Generator[Progress, None, MGCCModel]:
     """Progress generator training MGCC; returns the best-on-validation :class:`MGCCModel`."""
     trainer = MGCCTrainer(labeled, unlabeled, val, net_config=net_config, config=config,
-                          device=device, run_dir=run_dir, resume=resume, meta=meta)
+                          device=device, run_dir=run_dir, resume=resume, meta=meta,
+                          init_state=init_state)
     return (yield from trainer.run(should_stop))

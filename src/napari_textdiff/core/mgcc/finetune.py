@@ -1,0 +1,161 @@
+"""Fine-tuning an MGCC model on a few corrected masks (the Fine-tune panel's loop).
+
+Why these defaults (``FINETUNE_DEFAULTS``): with a handful of images, only the main decoder
+(attention gates and head included) adapts; the encoder and ConvMixer stay frozen and every
+BatchNorm keeps its running statistics (the net stays in eval mode), since statistics from
+batches of 2 would ruin them. Because the frozen part is deterministic, its features are
+computed once per image and per dihedral transform (8 per image) and cached, so each step only
+runs the decoder: several times more steps fit in the same time on a CPU. The learning rate and
+the number of epochs were chosen on BUSI with ``scripts/busi_finetune.py`` (10 corrected cases,
+Dice on other held-out cases; results in ``models/README.md``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..progress import Progress
+from .losses import bce_dice_loss
+from .preprocess import image_tensor, mask_tensor, normalize_input
+
+__all__ = ["FINETUNE_DEFAULTS", "finetune_model", "dihedral_one"]
+
+#: Library defaults of ``MGCCModel.finetune`` (and of the GUI's Fine-tune panel for MGCC).
+FINETUNE_DEFAULTS = {"epochs": 30, "lr": 1e-3, "batch_size": 2, "optimizer": "adam",
+                     "train": "decoder", "augment": True}
+
+_CACHE_LIMIT_BYTES = 768 * 2 ** 20   # above this the frozen features are recomputed per step
+
+
+def dihedral_one(t: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """One of the 8 dihedral transforms (rot90 ``k`` times, then an optional flip)."""
+    t = torch.rot90(t, k, dims=(-2, -1))
+    return t.flip(-1) if flip else t
+
+
+def _frozen_features(net, x: torch.Tensor) -> list[torch.Tensor]:
+    """Encoder skips + ConvMixer output: the main decoder's input."""
+    feats = net.encoder(x)
+    b = feats[4]
+    for layer in net.mixer:
+        b = layer(b)
+    return [*feats[:4], b]
+
+
+def _penultimate(dec, feats: list[torch.Tensor]) -> torch.Tensor:
+    """The main decoder's last feature map (the input of its 1x1 head)."""
+    x = feats[4]
+    for j, (up, gate, conv) in enumerate(zip(dec.ups, dec.gates, dec.convs)):
+        x = conv(torch.cat([gate(feats[3 - j]), up(x)], dim=1))
+    return x
+
+
+def _optimizer(name: str, params, lr: float):
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise ValueError(f"unknown optimizer {name!r}: use adam, adamw or sgd")
+
+
+def finetune_model(model, examples: Sequence, *, epochs: int = FINETUNE_DEFAULTS["epochs"],
+                   lr: float = FINETUNE_DEFAULTS["lr"],
+                   batch_size: int = FINETUNE_DEFAULTS["batch_size"],
+                   optimizer: str = FINETUNE_DEFAULTS["optimizer"],
+                   train: str = FINETUNE_DEFAULTS["train"],
+                   augment: bool = FINETUNE_DEFAULTS["augment"], seed: int = 0,
+                   should_stop=None):
+    """Progress generator fine-tuning ``model`` (an ``MGCCModel``) in place.
+
+    ``train``: "decoder" (main decoder only, cached frozen features), "head" (the decoder's
+    last double conv and 1x1 head), "output" (the 1x1 head alone: a learned recalibration,
+    on cached decoder features) or "all" (every weight, BatchNorm statistics still frozen).
+    Yields ``Progress("finetune", ...)`` after every step; the model is usable at every
+    yield. Returns the list of per-epoch mean losses.
+    """
+    from ..amp import Amp
+
+    if train not in ("decoder", "head", "output", "all"):
+        raise ValueError(f"train must be 'decoder', 'head', 'output' or 'all', got {train!r}")
+    if not examples:
+        raise ValueError("fine-tuning needs at least one image/mask example")
+    net, dev = model.net, model.device
+    xs, ys = [], []
+    for i, ex in enumerate(examples):
+        img, m = ex.image, ex.mask
+        if np.asarray(m).shape[:2] != np.asarray(img).shape[:2]:
+            raise ValueError(f"example {ex.name or i}: mask shape {np.asarray(m).shape[:2]} "
+                             f"!= image shape {np.asarray(img).shape[:2]}")
+        xs.append(image_tensor(img, model.channels, model.size))
+        ys.append(mask_tensor(m, model.size))
+    X, Y = torch.stack(xs), torch.stack(ys)
+    n = len(X)
+    rng = np.random.default_rng(seed)
+    dec = net.main_decoder
+    params = {"decoder": lambda: list(dec.parameters()), "all": lambda: list(net.parameters()),
+              "head": lambda: [*dec.convs[-1].parameters(), *dec.head.parameters()],
+              "output": lambda: list(dec.head.parameters())}[train]()
+    train_ids = {id(p) for p in params}
+    frozen = [p for p in net.parameters() if id(p) not in train_ids]
+    saved_flags = [p.requires_grad for p in frozen]
+    opt = _optimizer(optimizer, params, lr)
+    amp = Amp(dev, what="MGCC fine-tuning")
+    steps_per_epoch = math.ceil(n / batch_size)
+    total, step, history = epochs * steps_per_epoch, 0, []
+    was_training = net.training
+    net.eval()
+    for p in frozen:
+        p.requires_grad_(False)
+    t0 = time.monotonic()
+    try:
+        cache = None
+        if train != "all":
+            n_tf = 8 if augment else 1
+            per = sum(int(np.prod(f.shape)) for f in _frozen_features(net, X[:1].to(dev) * 0))
+            if per * 4 * n * n_tf <= _CACHE_LIMIT_BYTES:
+                cache = {}
+                with torch.no_grad():
+                    for t in range(n_tf):
+                        k, flip = t % 4, t >= 4
+                        xt = normalize_input(dihedral_one(X, k, flip).to(dev))
+                        feats = _frozen_features(net, xt)
+                        cache[t] = ([_penultimate(dec, feats)] if train == "output"
+                                    else [f.detach() for f in feats])
+        for epoch in range(epochs):
+            order, losses = rng.permutation(n), []
+            for s in range(steps_per_epoch):
+                if should_stop is not None and should_stop():
+                    return history
+                idx = order[s * batch_size:(s + 1) * batch_size]
+                tfs = rng.integers(8, size=len(idx)) if augment else np.zeros(len(idx), int)
+                y = torch.stack([dihedral_one(Y[i], int(t) % 4, t >= 4)
+                                 for i, t in zip(idx, tfs)]).to(dev)
+                with amp.autocast():
+                    if cache is not None:
+                        feats = [torch.stack([c[i] for i, t in zip(idx, tfs)
+                                              for c in [cache[int(t)][j]]])
+                                 for j in range(len(cache[0]))]
+                        logits = dec.head(feats[0]) if train == "output" else dec(feats)
+                    else:
+                        x = torch.stack([dihedral_one(X[i], int(t) % 4, t >= 4)
+                                         for i, t in zip(idx, tfs)])
+                        logits = net(normalize_input(x.to(dev)))
+                loss = bce_dice_loss(logits.float(), y)
+                amp.step(loss, opt)
+                step += 1
+                losses.append(float(loss.detach()))
+                yield Progress("finetune", step=step, total=total, epoch=epoch + 1,
+                               loss=losses[-1], elapsed=time.monotonic() - t0)
+            history.append(float(np.mean(losses)))
+        return history
+    finally:
+        for p, f in zip(frozen, saved_flags):
+            p.requires_grad_(f)
+        net.train(was_training)
+        model.meta["finetuned_examples"] = model.meta.get("finetuned_examples", 0) + n
