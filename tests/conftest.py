@@ -150,3 +150,63 @@ def tiny_textdiff_path(tmp_path_factory):
     p = root / "tiny_textdiff.safetensors"
     m.save(p)
     return p
+
+
+class SlowTiledModel(FakeModel):
+    """A FakeModel that streams ``tiles`` tile events, ``tile_delay`` seconds each, and honours
+    Stop between tiles like the real models (for Stop and close-during-job tests)."""
+
+    kind = "slowfake"
+    tiles = 3
+    tile_delay = 0.0
+
+    def iter_proba(self, image, text=None, *, tiled=True, device=None, should_stop=None,
+                   name=""):
+        import time
+
+        from napari_textdiff.core.progress import Progress
+
+        for i in range(self.tiles):
+            if should_stop is not None and should_stop():
+                return None
+            time.sleep(self.tile_delay)
+            yield Progress("predict", i + 1, self.tiles, message=name)
+        return self.predict_proba(image, text)
+
+
+@pytest.fixture
+def slow_model_path(tmp_path, monkeypatch):
+    """A saved SlowTiledModel bundle (set ``SlowTiledModel.tiles`` / ``tile_delay`` per test)."""
+    from napari_textdiff.core import models
+
+    monkeypatch.setitem(models.MODEL_KINDS, "slowfake", "conftest:SlowTiledModel")
+    monkeypatch.setattr(SlowTiledModel, "tiles", 3)
+    monkeypatch.setattr(SlowTiledModel, "tile_delay", 0.0)
+    p = tmp_path / "slow.safetensors"
+    SlowTiledModel(0.5).save(p)
+    return p
+
+
+@pytest.fixture
+def modality_models(tmp_path, monkeypatch):
+    """Tiny real MGCC models as the bundled model of each modality, each with its own stored
+    threshold (histology 0.55, X-ray 0.8, ultrasound 0.5), found through NAPARI_TEXTDIFF_MODELS."""
+    import torch
+
+    from napari_textdiff.core.mgcc.model import MGCCModel
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)            # worker threads too: tiny models, a loaded 2-core CPU
+    d = tmp_path / "bundled"
+    d.mkdir()
+    for name, ch, thr, seed in (("histology.safetensors", 3, 0.55, 0),
+                                ("xray.safetensors", 1, 0.8, 1),
+                                ("ultrasound_mgcc.safetensors", 1, 0.5, 2)):
+        torch.manual_seed(seed)
+        m = MGCCModel.create(in_channels=ch, width=1 / 16, size=32, threshold=thr)
+        with torch.no_grad():
+            m.net.main_decoder.head.weight.mul_(60.0)
+        m.save(d / name)
+    monkeypatch.setenv("NAPARI_TEXTDIFF_MODELS", str(d))
+    yield d
+    torch.set_num_threads(n)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QMessageBox, QProgressBar, QWidget
 
 __all__ = ["JobWidget"]
@@ -19,9 +20,25 @@ class JobControl:
     while the worker thread may still run, and the job must then stop without touching it."""
 
     def __init__(self):
+        import threading
+
         self.stop = False
         self.dead = False          # the widget is gone: drop every callback
+        self.ended = True          # the job's generator has finished (or none started)
         self.worker = None
+        self._released = True
+        self._lock = threading.Lock()
+
+    def begin(self) -> None:
+        self.stop, self.ended, self._released = False, False, False
+
+    def release(self, session) -> None:
+        """Free the viewer's job slot exactly once per job (from whichever thread ends it)."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        session.end()
 
 
 class JobWidget(QWidget):
@@ -43,6 +60,21 @@ class JobWidget(QWidget):
         self.confirm: Callable[[str, str], bool] = self._ask
         control, session = self.control, self.session
         self.destroyed.connect(lambda *_: _abandon(control, session))
+        self._close_watch = None
+        QTimer.singleShot(0, self._watch_main_window)     # once napari has docked us
+
+    def showEvent(self, event):  # noqa: N802 - Qt API
+        super().showEvent(event)
+        self._watch_main_window()
+
+    def _watch_main_window(self) -> None:
+        """Closing the viewer's main window stops this panel's job."""
+        try:
+            top = self.window()
+        except RuntimeError:                      # deleted before the timer fired
+            return
+        if self._close_watch is None and top is not None and top is not self:
+            self._close_watch = _CloseWatch(top, self.control, self.session)
 
     # -- helpers --------------------------------------------------------------------------------
     def _ask(self, title: str, text: str) -> bool:
@@ -104,7 +136,7 @@ class JobWidget(QWidget):
             self.notify_info(f"napari-textdiff: {session.job or 'another job'} is still "
                              "running; wait for it or press its Stop first.")
             return False
-        control.stop = False
+        control.begin()
         self.last_error = None
 
         def alive(fn):
@@ -125,7 +157,7 @@ class JobWidget(QWidget):
 
         def finish():
             control.worker = None
-            session.end()
+            control.release(session)
             if on_finish is not None:
                 on_finish()
 
@@ -149,7 +181,10 @@ class JobWidget(QWidget):
         from napari.qt.threading import create_worker
 
         def drain():
-            return (yield from gen_fn())
+            try:
+                return (yield from gen_fn())
+            finally:
+                control.ended = True
 
         w = create_worker(drain, _start_thread=False, _ignore_errors=True)
         try:  # we report errors ourselves, with what failed and a clear message
@@ -165,22 +200,42 @@ class JobWidget(QWidget):
         return True
 
 
+class _CloseWatch(QObject):
+    """Event filter on the viewer's main window: once a Close went through (the window is
+    hidden or gone afterwards; a cancelled close leaves it visible), the job is abandoned."""
+
+    def __init__(self, window, control: JobControl, session):
+        super().__init__(window)
+        self._control, self._session = control, session
+        window.installEventFilter(self)
+
+    def eventFilter(self, obj, event):  # noqa: N802 - Qt API
+        if event.type() == QEvent.Close and self._control.worker is not None:
+            control, session = self._control, self._session
+            QTimer.singleShot(0, lambda: _abandon_if_closed(obj, control, session))
+        return False
+
+
+def _abandon_if_closed(window, control: JobControl, session) -> None:
+    try:
+        closed = not window.isVisible()
+    except RuntimeError:                          # already deleted
+        closed = True
+    if closed:
+        _abandon(control, session)
+
+
 def _abandon(control: JobControl, session) -> None:
     """The widget is being deleted (viewer closed): stop its job and let it end quietly.
 
     The job sees Stop at its next check (between tiles or training steps, inside the UNet for
-    diffusion features), so the worker thread ends within about a second and the viewer's
-    job slot is freed when it does; no callback touches the deleted widgets.
+    diffusion features), so the worker thread ends within about a second (napari may also
+    abort it on close); no callback touches the deleted widgets.
     """
     control.dead = True
     control.stop = True
-    w = control.worker
-    if w is None or w == "sync":
-        return
-    try:
-        w.finished.connect(session.end)
-    except (RuntimeError, TypeError):  # pragma: no cover - worker already gone
-        session.end()
+    if control.worker is not None:       # the viewer is gone: its job slot means nothing now
+        control.release(session)
 
 
 def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",

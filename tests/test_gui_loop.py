@@ -1,0 +1,197 @@
+"""The loop as napari runs it: every panel docked through ``add_plugin_dock_widget`` (so each
+gets its own ``PublicOnlyProxy`` of the viewer), driven through its visible buttons."""
+import numpy as np
+import pytest
+
+from conftest import SlowTiledModel, blob_image
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-textdiff"
+
+
+def dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def wait_idle(qtbot, w, timeout=60000):
+    try:
+        qtbot.waitUntil(lambda: not w.running, timeout=timeout)
+    except Exception:
+        print("STATUS", w.status.text(), "PROGRESS", w.progress.format(), w.session.job)
+        raise
+
+
+def test_panels_share_one_session_though_napari_wraps_the_viewer(viewer):
+    image, seg = dock(viewer, "Image and description"), dock(viewer, "Segment")
+    ft, syn = dock(viewer, "Fine-tune"), dock(viewer, "Synthetic preview")
+    assert image.session is seg.session is ft.session is syn.session
+    assert seg.viewer is viewer                          # the real viewer behind the proxy
+
+
+def test_xray_modality_segments_with_the_xray_model(viewer, qtbot, modality_models):
+    image, seg = dock(viewer, "Image and description"), dock(viewer, "Segment")
+    assert seg.threshold.value() == pytest.approx(0.55)       # histology file's threshold
+    image.modality.setCurrentIndex(image.modality.findData("xray"))
+    assert seg.threshold.value() == pytest.approx(0.8)        # the X-ray file's own threshold
+    assert not seg.split.isChecked()
+    img, _ = blob_image(40, 40)
+    layer = viewer.add_image(img, name="chest")
+    viewer.layers.selection.active = layer
+    seg.run_button.click()
+    wait_idle(qtbot, seg)
+    assert seg.last_error is None, seg.last_error
+    assert seg.session.model_key[0].endswith("xray.safetensors")
+    lab = viewer.layers["chest_labels"]
+    assert lab.metadata["modality"] == "xray"
+    assert "xray.safetensors" in seg.status.text()
+
+
+def test_segment_after_finetune_uses_the_finetuned_model(viewer, qtbot, modality_models):
+    seg, ft = dock(viewer, "Segment"), dock(viewer, "Fine-tune")
+    seg.split.setChecked(False)
+    seg.device.setCurrentText("cpu")
+    a, _ = blob_image(40, 40, rgb=True, seed=1)
+    b, _ = blob_image(40, 40, centers=((20, 20),), rgb=True, seed=2)
+    la, lb = viewer.add_image(a, name="a"), viewer.add_image(b, name="b")
+    seg.all_images.setChecked(True)
+    seg.run_button.click()
+    wait_idle(qtbot, seg)
+    before = np.array(viewer.layers["b_labels"].data)
+    lab_a = viewer.layers["a_labels"]
+    lab_a.brush_size = 80
+    lab_a.paint((20, 20), 0)            # the eraser and the brush: a person's correction
+    lab_a.brush_size = 14
+    for c in ((14, 14), (34, 32)):
+        lab_a.paint(c, 1)
+    ft.refresh()
+    assert ft.checked_pairs() == [("a", "a_labels")]
+    ft.epochs.setValue(40)
+    ft.resegment.setChecked(False)
+    ft.start_button.click()
+    wait_idle(qtbot, ft)
+    assert ft.last_error is None, ft.last_error
+    assert "fine-tuned ×1" in ft.model_info.text()
+    assert "fine-tuned ×1" in seg.model_info.text()      # one name in every panel
+    viewer.layers.selection.active = lb
+    seg.all_images.setChecked(False)
+    seg.run_button.click()
+    wait_idle(qtbot, seg)
+    after = np.array(viewer.layers["b_labels"].data)
+    assert not np.array_equal(before, after)
+    assert "fine-tuned ×1" in seg.status.text()
+
+
+def test_corrected_only_after_a_person_paints(viewer, qtbot, fake_model_path):
+    seg, ft = dock(viewer, "Segment"), dock(viewer, "Fine-tune")
+    seg.set_model_file(fake_model_path)
+    seg.split.setChecked(False)
+    img, _ = blob_image()
+    viewer.add_image(img, name="cells")
+    seg.run_button.click()
+    wait_idle(qtbot, seg)
+    lab = viewer.layers["cells_labels"]
+
+    def row():
+        ft.refresh()
+        return ft.pairs.item(0).text(), ft.checked_pairs()
+
+    assert row() == ("cells  ↔  cells_labels  (prediction, not corrected)", [])
+    seg.threshold.setValue(0.3)                      # a new prediction is no correction
+    seg.run_button.click()
+    wait_idle(qtbot, seg)
+    assert "not corrected" in row()[0]
+    lab.undo()                                       # nor is undoing one
+    assert "not corrected" in row()[0]
+    lab.paint((10, 10), 1)                           # the brush is
+    assert row() == ("cells  ↔  cells_labels  (corrected)", [("cells", "cells_labels")])
+
+
+def test_ground_truth_is_listed_apart_and_never_a_prediction_target(viewer, qtbot,
+                                                                    fake_model_path):
+    seg, ft = dock(viewer, "Segment"), dock(viewer, "Fine-tune")
+    viewer.open_sample(PLUGIN, "histology")
+    assert viewer.layers.selection.active.name == "histology_sample"
+    ft.refresh()
+    assert ft.pairs.item(0).text().endswith("(ground truth)") and ft.checked_pairs() == []
+    seg.set_model_file(fake_model_path)
+    asked = []
+    seg.confirm = lambda *a: asked.append(a) or True
+    seg.run_button.click()
+    wait_idle(qtbot, seg)
+    assert asked == []                               # ground truth is not "edited" work
+    assert "histology_sample_labels" in viewer.layers
+    gt = viewer.layers["histology_sample ground truth"]
+    assert gt.metadata["ground_truth"]
+
+
+def test_stop_mid_image_leaves_the_labels_unchanged(viewer, qtbot, slow_model_path,
+                                                    monkeypatch):
+    seg = dock(viewer, "Segment")
+    seg.set_model_file(slow_model_path)
+    seg.split.setChecked(False)
+    img, _ = blob_image()
+    viewer.add_image(img, name="cells")
+    seg.threshold.setValue(0.3)
+    seg.run_button.click()
+    wait_idle(qtbot, seg)
+    first = np.array(viewer.layers["cells_labels"].data)
+    monkeypatch.setattr(SlowTiledModel, "tiles", 400)
+    monkeypatch.setattr(SlowTiledModel, "tile_delay", 0.02)
+    seg.threshold.setValue(0.05)
+    seg.run_button.click()
+    qtbot.waitUntil(lambda: "predict" in seg.progress.format(), timeout=20000)
+    assert seg.progress.maximum() == 400                 # tiles done / total on the bar
+    seg.stop_button.click()
+    wait_idle(qtbot, seg, timeout=5000)
+    np.testing.assert_array_equal(viewer.layers["cells_labels"].data, first)
+    assert "stopped" in seg.status.text() and "left as before" in seg.status.text()
+
+
+def test_one_job_per_viewer_across_panels(viewer, qtbot, slow_model_path, monkeypatch):
+    seg, syn, ft = dock(viewer, "Segment"), dock(viewer, "Synthetic preview"), \
+        dock(viewer, "Fine-tune")
+    seg.set_model_file(slow_model_path)
+    monkeypatch.setattr(SlowTiledModel, "tiles", 400)
+    monkeypatch.setattr(SlowTiledModel, "tile_delay", 0.02)
+    img, _ = blob_image()
+    viewer.add_image(img, name="cells")
+    seg.run_button.click()
+    qtbot.waitUntil(lambda: seg.session.job == "Segmentation", timeout=10000)
+    syn.ldm_dir.setText("/nonexistent")
+    assert syn.generate() is False and not syn.running
+    assert not seg.run_button.isEnabled()
+    seg.stop_button.click()
+    wait_idle(qtbot, seg, timeout=5000)
+    assert seg.session.job == "" and seg.run_button.isEnabled()
+
+
+def test_closing_the_viewer_mid_job_stops_it_quietly(make_napari_viewer, qtbot,
+                                                     slow_model_path, monkeypatch):
+    import time
+
+    v = make_napari_viewer()
+    seg = dock(v, "Segment")
+    seg.set_model_file(slow_model_path)
+    monkeypatch.setattr(SlowTiledModel, "tiles", 10_000)
+    monkeypatch.setattr(SlowTiledModel, "tile_delay", 0.01)
+    img, _ = blob_image()
+    v.add_image(img, name="cells")
+    seg.run_button.click()
+    qtbot.waitUntil(lambda: "predict" in seg.progress.format(), timeout=20000)
+    control, session = seg.control, seg.session
+    worker = control.worker
+    t0 = time.monotonic()
+    v.close()
+    qtbot.waitUntil(lambda: not worker.is_running and control.dead, timeout=3000)
+    assert time.monotonic() - t0 < 2.0                  # the thread has ended, quietly
+    assert control.stop and not session.busy.locked()
+
+
+def test_all_panels_fit_a_1366x768_screen(viewer):
+    panel = dock(viewer, "TextDiff (all panels)")
+    assert panel.minimumSizeHint().height() <= 600
+    assert {panel.tabs.tabText(i) for i in range(panel.tabs.count())} == {
+        "Image", "Segment", "Fine-tune", "Synthetic"}
+    assert panel.segment.session is panel.image_panel.session
