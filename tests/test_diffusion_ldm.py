@@ -104,6 +104,6 @@ def test_cli_train_ldm_and_synthesize(tmp_path):
                  "--device", "cpu"]) == 0
     rows = json.loads((out / "samples.json").read_text())
     assert [r["file"] for r in rows] == ["sample_00000.png", "sample_00001.png"]
-    assert (out / "samples.csv").read_text().startswith("file,seed,distance")
+    assert (out / "samples.csv").read_text().startswith("file,seed,index,distance")
     assert np.asarray(Image.open(out / rows[0]["file"])).shape == (32, 32)
     assert main(["synthesize", str(tmp_path / "nope"), "-n", "1", "--out", str(out)]) == 2

@@ -1,4 +1,5 @@
-"""Synthetic preview with a real (tiny, barely trained) latent diffusion model."""
+"""Synthetic preview with a real (tiny, barely trained) latent diffusion model, docked as
+napari docks it."""
 import numpy as np
 import pytest
 
@@ -23,10 +24,9 @@ def tiny_ldm(tmp_path_factory):
 def test_samples_stream_into_a_stack_and_go_to_the_pool(viewer, qtbot, tiny_ldm, tmp_path):
     from napari_textdiff.core import defaults
     from napari_textdiff.core.io import read_image
-    from napari_textdiff.widgets.synthetic import SAMPLES_LAYER, SyntheticWidget
+    from napari_textdiff.widgets.synthetic import SAMPLES_LAYER
 
-    w = SyntheticWidget(viewer)
-    viewer.window.add_dock_widget(w)
+    _, w = viewer.window.add_plugin_dock_widget("napari-textdiff", "Synthetic preview")
     w.session.device = "cpu"
     w.ldm_dir.setText(str(tiny_ldm))
     w.n.setValue(3)
@@ -45,6 +45,8 @@ def test_samples_stream_into_a_stack_and_go_to_the_pool(viewer, qtbot, tiny_ldm,
     d = layer.metadata["distances"]
     assert len(d) == 3 and all(np.isfinite(x) and x >= 0 for x in d)
     assert f"{d[0]:.4f}" in w.distances.item(0).text()
+    thr = w.samples[0].threshold
+    assert thr is not None and f"{thr:.4f}" in w.threshold_label.text()
 
     pool = tmp_path / "pool"
     files = w.add_to_pool(pool)
@@ -53,16 +55,35 @@ def test_samples_stream_into_a_stack_and_go_to_the_pool(viewer, qtbot, tiny_ldm,
     assert back.shape == (32, 32) and back.dtype == np.uint8
     np.testing.assert_allclose(back / 255, layer.data[0], atol=1 / 255 + 1e-6)
     assert defaults.load_settings()["synthetic_pool"] == str(pool)   # remembered
+    import csv
+
+    (table,) = pool.glob("synthetic_*.csv")
+    rows = list(csv.DictReader(table.open()))
+    assert [r["file"] for r in rows] == [f.name for f in files]
+    assert [float(r["distance"]) for r in rows] == pytest.approx(d)
+    assert all(r["nearest_training_image"] and r["run_seed"] == "7" for r in rows)
     from napari_textdiff.widgets._session import Session
 
     assert Session().synthetic_pool == str(pool)
     assert str(pool) in w.pool_label.text()
 
 
-def test_stop_and_errors(viewer, tiny_ldm, tmp_path):
-    from napari_textdiff.widgets.synthetic import SyntheticWidget
+def test_runs_with_seeds_0_and_1_share_no_sample(tiny_ldm):
+    from napari_textdiff.core.diffusion.synthesize import synthesize
+    from napari_textdiff.core.progress import run
 
-    w = SyntheticWidget(viewer)
+    a = run(synthesize(tiny_ldm, n=4, steps=2, seed=0, device="cpu"))
+    b = run(synthesize(tiny_ldm, n=4, steps=2, seed=1, device="cpu", batch_size=1))
+    for x in a:
+        for y in b:
+            assert np.abs(x["image"] - y["image"]).max() > 1e-3
+    # and a sample does not depend on the batch size
+    c = run(synthesize(tiny_ldm, n=2, steps=2, seed=0, device="cpu", batch_size=1))
+    np.testing.assert_allclose(c[1]["image"], a[1]["image"], atol=1e-4)
+
+
+def test_stop_and_errors(viewer, tiny_ldm, tmp_path):
+    _, w = viewer.window.add_plugin_dock_widget("napari-textdiff", "Synthetic preview")
     w.synchronous = True
     w.session.device = "cpu"
     w.ldm_dir.setText(str(tiny_ldm))

@@ -98,41 +98,23 @@ def finetune_job(session, pairs: Sequence[tuple[str, np.ndarray, np.ndarray, str
 class Sample:
     image: np.ndarray                  # float32 (H, W, C) in [0, 1]
     distance: float | None = None      # to the nearest training image
-    nearest: str | None = None         # that image's name, when the synthesizer says
-    near_copy: bool = False            # the synthesizer flags it as a near-copy
+    nearest: str | None = None         # that image's name
+    near_copy: bool = False            # closer than the LDM's near-copy threshold
+    threshold: float | None = None     # that threshold
+    index: int = 0                     # position in its run
+    seed: int = 0                      # the run's seed
 
 
 def unpack_sample(payload) -> Sample | None:
-    """Accept the synthesizer's payload as a Sample-like object, a dict or a tuple."""
-    if payload is None:
+    """The synthesizer's per-sample payload (a dict, see ``core.diffusion.synthesize``)."""
+    if not isinstance(payload, dict) or payload.get("image") is None:
         return None
-    if isinstance(payload, np.ndarray):
-        return Sample(payload)
-    if isinstance(payload, dict):
-        img = next((payload[k] for k in ("image", "sample", "x") if k in payload), None)
-        dist = next((payload[k] for k in ("distance", "nearest_distance", "nn_distance", "dist")
-                     if k in payload), None)
-        near = next((payload[k] for k in ("nearest", "nearest_name", "nn_name") if k in payload),
-                    None)
-    elif isinstance(payload, (tuple, list)):
-        img = payload[0]
-        dist = payload[1] if len(payload) > 1 else None
-        near = payload[2] if len(payload) > 2 else None
-    else:
-        img = next((getattr(payload, k) for k in ("image", "sample") if hasattr(payload, k)), None)
-        dist = next((getattr(payload, k) for k in ("distance", "nearest_distance", "nn_distance")
-                     if hasattr(payload, k)), None)
-        near = next((getattr(payload, k) for k in ("nearest", "nearest_name") if hasattr(payload, k)),
-                    None)
-    if img is None:
-        return None
-    img = np.asarray(img, dtype=np.float32)
-    if img.ndim == 2:
-        img = img[..., None]
-    copy = bool(payload.get("near_copy", False)) if isinstance(payload, dict) else \
-        bool(getattr(payload, "near_copy", False))
-    return Sample(img, None if dist is None else float(dist), None if near is None else str(near),
-                  copy)
+    img = np.asarray(payload["image"], dtype=np.float32)
+    img = img[..., None] if img.ndim == 2 else img
+    dist, thr = payload.get("distance"), payload.get("threshold")
+    return Sample(img, None if dist is None else float(dist), payload.get("nearest"),
+                  bool(payload.get("near_copy", False)), None if thr is None else float(thr),
+                  int(payload.get("index", 0)), int(payload.get("seed", 0)))
 
 
 def synthesize_job(ldm_dir, n: int, steps: int, eta: float, seed: int, device="auto",
@@ -142,7 +124,7 @@ def synthesize_job(ldm_dir, n: int, steps: int, eta: float, seed: int, device="a
 
     yield Progress("load", 0, n, message="loading the diffusion model")
     gen = synthesize(ldm_dir, n=n, steps=steps, eta=eta, seed=seed, device=device,
-                     should_stop=should_stop)
+                     batch_size=1, should_stop=should_stop)     # samples appear one by one
     count = 0
     try:
         while True:

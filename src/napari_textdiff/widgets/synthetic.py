@@ -1,8 +1,11 @@
 """Synthetic preview: sample images from a latent diffusion model, see each as it is generated.
 
-Every sample shows its distance to the nearest training image (small = a near-copy, the
-memorisation risk with few training images). "Add to unlabeled pool" saves the samples as PNGs
-into a folder that MGCC training reads with ``--synthetic FOLDER``; the folder is remembered.
+Samples appear one by one; each shows its distance to the nearest training image and the
+near-copy threshold it is compared with (below it = a near-copy, the memorisation risk with
+few training images). Sample i of a run with seed s has its own random stream, so runs with
+different seeds never share a sample. "Add to unlabeled pool" saves the samples as PNGs into a
+folder that MGCC training reads with ``--synthetic FOLDER`` (remembered), with a CSV of each
+sample's distance, nearest training image, near-copy flag and seeds.
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ class SyntheticWidget(JobWidget):
         self.progress = QProgressBar()
         self.distances = QListWidget()
         self.distances.setMinimumHeight(80)
+        self.threshold_label = QLabel("near-copy threshold: (after the first sample)")
         self.pool_button = QPushButton("Add to unlabeled pool…")
         self.pool_label = QLabel(self._pool_text())
         self.pool_label.setWordWrap(True)
@@ -71,6 +75,7 @@ class SyntheticWidget(JobWidget):
         lay.addLayout(buttons)
         lay.addWidget(self.progress)
         lay.addWidget(QLabel("Distance to the nearest training image:"))
+        lay.addWidget(self.threshold_label)
         lay.addWidget(self.distances)
         lay.addWidget(self.pool_button)
         lay.addWidget(self.pool_label)
@@ -145,6 +150,9 @@ class SyntheticWidget(JobWidget):
         near = f"  ({sample.nearest})" if sample.nearest else ""
         near += "  NEAR COPY" if sample.near_copy else ""
         self.distances.addItem(f"sample {len(self.samples)}: {d}{near}")
+        if sample.threshold is not None:
+            self.threshold_label.setText(f"near-copy threshold: {sample.threshold:.4f} "
+                                         "(a smaller distance flags a near-copy)")
 
     def _show_sample(self, row: int) -> None:
         if row >= 0 and SAMPLES_LAYER in self.viewer.layers:
@@ -152,7 +160,13 @@ class SyntheticWidget(JobWidget):
 
     # -- the pool ---------------------------------------------------------------------------------
     def add_to_pool(self, folder=None) -> list[Path]:
-        """Save the current samples as 8-bit PNGs into ``folder`` (default: the remembered one)."""
+        """Save the current samples as 8-bit PNGs into ``folder`` (default: the remembered one),
+        with ``synthetic_<stamp>.csv`` listing each file's distance, nearest training image,
+        near-copy flag, threshold and seeds."""
+        import csv
+        import io
+
+        from ..core.bundle import atomic_write_bytes
         from ..core.io import write_image
 
         if not self.samples:
@@ -161,13 +175,21 @@ class SyntheticWidget(JobWidget):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = []
+        out, rows = [], []
         for i, s in enumerate(self.samples):
             img = np.clip(s.image, 0, 1)
             img = img[..., 0] if img.shape[-1] == 1 else img
             p = folder / f"synthetic_{stamp}_{i:04d}.png"
             write_image(p, (img * 255 + 0.5).astype(np.uint8))
             out.append(p)
+            rows.append({"file": p.name, "distance": s.distance, "nearest_training_image":
+                         s.nearest, "near_copy": s.near_copy, "threshold": s.threshold,
+                         "run_seed": s.seed, "index": s.index})
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_bytes(folder / f"synthetic_{stamp}.csv", buf.getvalue().encode("utf-8"))
         self.session.synthetic_pool = str(folder)
         defaults.save_settings(synthetic_pool=str(folder))
         self.pool_label.setText(self._pool_text())

@@ -5,8 +5,10 @@ on small thumbnails; a distance below the directory's ``copy_threshold`` (a frac
 typical distance between two different training images) flags a near-copy: small training sets
 memorise, and a copied image adds nothing as "new" unlabeled data.
 
-Sample ``i`` is drawn from its own generator seeded with ``seed + i``, so the images do not
-depend on ``batch_size``.
+Sample ``i`` of a run with seed ``s`` is drawn from its own generator, seeded with
+:func:`sample_seed` ``(s, i)`` (a SeedSequence of the pair): the images do not depend on
+``batch_size``, and runs with different seeds never share a sample (``seed + i`` made seed 1
+repeat seed 0's samples 1…7).
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from ..progress import Progress
 
 from .ldm import LDM_META, _rmse_matrix, thumbnails
 
-__all__ = ["TrainingIndex", "load_ldm", "synthesize", "write_samples", "clear_pipeline_cache"]
+__all__ = ["TrainingIndex", "load_ldm", "synthesize", "write_samples", "clear_pipeline_cache",
+           "sample_seed"]
 
 # the last loaded LDM, so repeated Generate clicks do not reload it (``device.release`` clears it)
 _PIPELINE_CACHE: dict = {}
@@ -99,6 +102,14 @@ def load_ldm(ldm_dir, device="cpu", cache: bool = False):
     return vae, unet, sched, meta
 
 
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index`` of a run with ``seed``: its own stream for every pair."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0]
+               >> 1)
+
+
 def synthesize(ldm_dir, n: int, steps: int = 50, eta: float = 0.0, seed: int = 0,
                device="auto", batch_size: int = 8,
                should_stop: Callable[[], bool] | None = None
@@ -107,7 +118,8 @@ def synthesize(ldm_dir, n: int, steps: int = 50, eta: float = 0.0, seed: int = 0
 
     Every finished sample yields ``Progress("sample", i + 1, n, payload={...})`` with
     ``image`` float32 (H, W, C) in [0, 1], ``distance`` (thumbnail RMSE to the nearest training
-    image), ``nearest`` (its name), ``near_copy`` (bool), ``index`` and ``seed``. Intermediate
+    image), ``nearest`` (its name), ``near_copy`` (bool), ``threshold`` (the near-copy
+    threshold), ``index``, ``seed`` (the run's) and ``sample_seed`` (the sample's own stream). Intermediate
     denoising steps yield payload-free events (so a GUI can cancel mid-batch). Returns the list
     of payloads.
     """
@@ -134,7 +146,7 @@ def synthesize(ldm_dir, n: int, steps: int = 50, eta: float = 0.0, seed: int = 0
     t0 = time.monotonic()
     for b0 in range(0, n, batch_size):
         ids = list(range(b0, min(n, b0 + batch_size)))
-        gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in ids]
+        gens = [torch.Generator(device=dev).manual_seed(sample_seed(seed, i)) for i in ids]
         z = torch.cat([torch.randn((1, lc, ls, ls), generator=g, device=dev) for g in gens])
         z = z * sched.init_noise_sigma
         sched.set_timesteps(steps, device=dev)
@@ -153,7 +165,7 @@ def synthesize(ldm_dir, n: int, steps: int = 50, eta: float = 0.0, seed: int = 0
         img = ((img + 1) / 2).clamp(0, 1).cpu()
         dist, near = index.query(img)
         for j, i in enumerate(ids):
-            rec = {"index": i, "seed": seed + i,
+            rec = {"index": i, "seed": seed, "sample_seed": sample_seed(seed, i),
                    "image": img[j].permute(1, 2, 0).contiguous().numpy().astype("float32"),
                    "distance": float(dist[j]), "nearest": index.names[int(near[j])],
                    "near_copy": bool(dist[j] < index.threshold),
@@ -178,7 +190,8 @@ def write_samples(results: list[dict], out_dir, prefix: str = "sample") -> Path:
         a = a[..., 0] if a.shape[2] == 1 else a
         name = f"{prefix}_{r['index']:05d}.png"
         Image.fromarray(a).save(out / name)
-        rows.append({"file": name, "seed": r["seed"], "distance": round(r["distance"], 6),
+        rows.append({"file": name, "seed": r["seed"], "index": r["index"],
+                     "distance": round(r["distance"], 6),
                      "nearest_training_image": r["nearest"], "near_copy": r["near_copy"],
                      "threshold": round(r["threshold"], 6)})
     if rows:
