@@ -195,3 +195,23 @@ def test_all_panels_fit_a_1366x768_screen(viewer):
     assert {panel.tabs.tabText(i) for i in range(panel.tabs.count())} == {
         "Image", "Segment", "Fine-tune", "Synthetic"}
     assert panel.segment.session is panel.image_panel.session
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_saved_labels_keep_the_description_one_sidecar_per_file(viewer, qtbot, fake_model_path,
+                                                                 tmp_path, suffix):
+    seg = dock(viewer, "Segment")
+    seg.set_model_file(fake_model_path)
+    img, _ = blob_image()
+    layer = viewer.add_image(img, name="cells", metadata={"description": "two round cells"})
+    seg.run_button.click()
+    wait_idle(qtbot, seg)
+    viewer.layers.selection.active = layer
+    out = tmp_path / f"cells{suffix}"
+    written = seg.save_labels(out)
+    assert written == [str(out), str(out) + ".json"]
+    other = tmp_path / ("cells.png" if suffix == ".tif" else "cells.tif")
+    assert not (tmp_path / (other.name + ".json")).exists()   # no shared sidecar
+    (back,) = viewer.open(str(out), plugin=PLUGIN)
+    assert back.metadata["description"] == "two round cells"
+    np.testing.assert_array_equal(back.data > 0, viewer.layers["cells_labels"].data > 0)

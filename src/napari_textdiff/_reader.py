@@ -42,13 +42,15 @@ def read_paths(path) -> list[tuple]:
 
 # -- files ------------------------------------------------------------------------------------
 def _sidecar(p: Path) -> dict:
-    side = p.with_suffix(".json")
-    if side.is_file():
-        try:
-            data = json.loads(side.read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
-        except ValueError:
-            return {}
+    """The file's own sidecar (``NAME.EXT.json``, as the labels writer makes it), else the
+    older shared ``NAME.json``."""
+    for side in (p.with_name(p.name + ".json"), p.with_suffix(".json")):
+        if side.is_file():
+            try:
+                data = json.loads(side.read_text(encoding="utf-8"))
+                return data if isinstance(data, dict) else {}
+            except ValueError:
+                return {}
     return {}
 
 

@@ -1,8 +1,11 @@
 """napari writers: labels as TIFF/PNG with a JSON sidecar holding the description; and all
 descriptions of the selected layers as one JSON or CSV file.
 
-The sidecar (``<file stem>.json``) keeps the text with the annotation, so reopening the labels
-file with this plugin restores the Labels layer together with its description.
+The sidecar (``<file name>.json``, e.g. ``cells_labels.tif.json``: one per file, so
+``a.tif`` and ``a.png`` never share one) keeps the text with the annotation, so reopening the
+labels file with this plugin restores the Labels layer together with its description. The
+Segment panel's "Save labels…" always uses this writer (napari's own TIFF writer, which File ›
+Save may pick for ``.tif``, drops the description).
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 
 
 def sidecar_path(path) -> Path:
-    return Path(path).with_suffix(".json")
+    p = Path(path)
+    return p.with_name(p.name + ".json")
 
 
 def write_labels(path: str, data, attributes: dict) -> list[str]:

@@ -36,6 +36,10 @@ def _is(layer, kind: str) -> bool:
     return isinstance(layer, getattr(napari.layers, kind))
 
 
+def is_labels(layer) -> bool:
+    return layer is not None and _is(layer, "Labels")
+
+
 def is_2d_image(layer) -> bool:
     """Images the models can take: 2-D gray or 2-D RGB(A)."""
     if not _is(layer, "Image"):

@@ -39,6 +39,9 @@ class SegmentWidget(JobWidget):
         self.run_button = QPushButton("Segment")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
+        self.save_button = QPushButton("Save labels…")
+        self.save_button.setToolTip("The selected image's labels as TIFF/PNG with the "
+                                    "description in a sidecar (NAME.tif.json)")
         self.progress = QProgressBar()
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -58,6 +61,7 @@ class SegmentWidget(JobWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.stop_button)
+        buttons.addWidget(self.save_button)
         lay.addLayout(buttons)
         lay.addWidget(self.progress)
         lay.addWidget(self.status)
@@ -68,6 +72,7 @@ class SegmentWidget(JobWidget):
         self.device.currentTextChanged.connect(self._device_chosen)
         self.run_button.clicked.connect(lambda: self.run())
         self.stop_button.clicked.connect(lambda: self.request_stop())
+        self.save_button.clicked.connect(self._save_dialog)
         self.session.modality_changed.connect(self.apply_modality_defaults)
         self.session.model_changed.connect(self.model_info.setText)
         self.session.job_changed.connect(self._job_changed)
@@ -164,6 +169,41 @@ class SegmentWidget(JobWidget):
         if not ok:
             self._set_running(False)
         return ok
+
+    # -- saving -----------------------------------------------------------------------------------
+    def labels_to_save(self):
+        """The selected labels layer, or the working labels of the selected image."""
+        layer = self.viewer.layers.selection.active
+        if layer is not None and _layers.is_2d_image(layer):
+            return _layers.find_labels(self.viewer, layer)
+        return layer if _layers.is_labels(layer) else None
+
+    def save_labels(self, path, layer=None) -> list[str]:
+        """Write ``layer`` (default: :meth:`labels_to_save`) with the plugin's labels writer:
+        the mask plus its description sidecar, for ``.tif``, ``.tiff`` and ``.png`` alike."""
+        from .._writer import write_labels
+
+        layer = layer or self.labels_to_save()
+        if layer is None:
+            raise ValueError("select an image with labels (or a labels layer) to save")
+        written = write_labels(str(path), layer.data,
+                               {"name": layer.name, "metadata": dict(layer.metadata)})
+        self.status.setText(f"saved {written[0]} (+ description)")
+        return written
+
+    def _save_dialog(self) -> None:
+        layer = self.labels_to_save()
+        if layer is None:
+            self.notify_info("napari-textdiff: select an image with labels to save.")
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Save labels with their description",
+                                              f"{layer.name}.tif",
+                                              "Labels (*.tif *.tiff *.png)")
+        if path:
+            try:
+                self.save_labels(path, layer)
+            except Exception as err:  # noqa: BLE001 - reported to the user
+                self.notify_error(err, "Saving the labels")
 
     def _job_changed(self, what: str) -> None:
         """Another panel's job: Segment waits for it (one job per viewer)."""
