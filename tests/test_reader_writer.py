@@ -84,7 +84,7 @@ def test_labels_writer_round_trip_with_description(tmp_path):
                                                 "source_image": "img", "modality": "histology"}}
     for ext in (".tif", ".png"):
         files = _writer.write_labels(str(tmp_path / f"out{ext}"), labels, attrs)
-        assert [Path(f).name for f in files] == [f"out{ext}", "out.json"]
+        assert [Path(f).name for f in files] == [f"out{ext}", f"out{ext}.json"]
         side = json.loads(Path(files[1]).read_text())
         assert side["description"] == "two nuclei" and side["kind"] == "labels"
         [(data, kw, kind)] = _reader.read_paths(files[0])
