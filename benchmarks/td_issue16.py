@@ -277,6 +277,10 @@ def cmd_final(args):
     m.meta["training"]["train_names"] = [e.name for e in data]
     m.meta["training"]["fit_seconds_wall"] = time.monotonic() - t0
     m.save(args.save)
+    if args.ship:        # re-saved next to the bundled backbone so its relative path holds
+        from napari_textdiff.core.textdiff.model import TextDiffModel
+
+        TextDiffModel.load(args.save, device="cpu", backbone=str(BACKBONE)).save(args.ship)
     log(args, {"cmd": "final", "tag": args.tag, "set": over, "cv_tag": args.cv_tag,
                "epochs": cv["best_epoch"], "seconds": time.monotonic() - t0,
                "threshold": m.config.threshold, "final_loss": hist["loss"][-1]})
@@ -307,6 +311,7 @@ def main(argv=None):
     ap.add_argument("--curve", type=int, default=0,
                     help="fit: validate every epoch on the first N --eval images (monitor only)")
     ap.add_argument("--save", default=None)
+    ap.add_argument("--ship", default=None, help="final: also write the model here (models/)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n", type=int, default=2)

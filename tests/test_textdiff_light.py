@@ -9,7 +9,8 @@ from napari_textdiff.core.textdiff.config import TextDiffConfig
 from napari_textdiff.core.textdiff.features import FeatureStack, build_features, random_backbone
 from napari_textdiff.core.textdiff.head import LightHead, TextDiffHead, build_head
 from napari_textdiff.core.textdiff.model import TextDiffModel
-from napari_textdiff.core.textdiff.train import epoch_batches, random_crop
+from napari_textdiff.core.textdiff.model import _FeatureCache
+from napari_textdiff.core.textdiff.train import cropped_batch, epoch_batches, random_crop
 from textdiff_testkit import dice, make_tiny_backbone, make_tiny_bert, shapes_set
 
 SMALL = dict(working_size=32, tile_overlap=8, dim=16, heads=2, steps=[10, 50], max_length=12,
@@ -95,6 +96,16 @@ def test_epoch_batches_and_aligned_crops():
     assert f[0].shape[-2:] == (2, 2) and f[1].shape[-2:] == (16, 16) and m.shape[-2:] == (16, 16)
     same = random_crop(feats, masks, valid, [8, 1], 32, rng)
     assert same[1] is masks
+    # cutting the window from the fp16 cache first gives the same crop as batch-then-crop
+    cache = _FeatureCache(3, [(2, 4, 4), (3, 32, 32)], 32, ram_mb=64)
+    for f in cache.feats:
+        f[:] = np.random.default_rng(2).random(f.shape)
+    cache.masks[:] = np.random.default_rng(3).random(cache.masks.shape) > 0.5
+    idx = np.array([0, 2])
+    a = cropped_batch(cache, idx, None, [8, 1], 16, np.random.default_rng(7))
+    b = random_crop(*cache.batch(idx), [8, 1], 16, np.random.default_rng(7))
+    for x, y in zip([*a[0], a[1], a[2]], [*b[0], b[1], b[2]]):
+        assert torch.equal(x, y)
 
 
 @pytest.mark.parametrize("kind", ["both", "classic"])

@@ -294,7 +294,7 @@ class TextDiffModel:
         c = self.config
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        from .train import epoch_batches, random_crop
+        from .train import cropped_batch, epoch_batches
 
         opt = torch.optim.Adam(self.head.parameters(), lr=lr)
         bs = max(1, min(c.batch_size, cache.n))
@@ -317,9 +317,8 @@ class TextDiffModel:
                         hist["stopped"] = True
                         return hist
                     aug = rng.integers(0, 8, len(idx)) if c.augment else None
-                    feats, masks, valid = cache.batch(idx, aug)
-                    feats, masks, valid = random_crop(feats, masks, valid,
-                                                      self.features.strides, c.crop_size, rng)
+                    feats, masks, valid = cropped_batch(cache, idx, aug,
+                                                        self.features.strides, c.crop_size, rng)
                     feats = [f.to(self.device) for f in feats]
                     masks, valid = masks.to(self.device), valid.to(self.device)
                     th, tm = text_all

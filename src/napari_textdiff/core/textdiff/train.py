@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-__all__ = ["epoch_batches", "random_crop"]
+__all__ = ["epoch_batches", "random_crop", "cropped_batch"]
 
 
 def epoch_batches(n: int, batch_size: int, epoch_steps: int | None, rng) -> list[np.ndarray]:
@@ -39,3 +39,34 @@ def random_crop(feats, masks, valid, strides, crop: int | None, rng):
            zip(feats, strides)]
     return (out, masks[..., ys:ys + crop, xs:xs + crop],
             valid[..., ys:ys + crop, xs:xs + crop])
+
+
+def cropped_batch(cache, idx, aug, strides, crop: int | None, rng):
+    """``cache.batch`` of only a random ``crop``² window: the window is cut from the fp16
+    cache before the float32 copy and the dihedral transform, which on full 256² tiles cost
+    more than the head's step itself. (A dihedral transform of a random window is a random
+    window of the transformed tile, so the sampled distribution is the same.)"""
+    import torch
+
+    from .model import dihedral
+
+    tile = cache.masks.shape[-1]
+    if not crop or crop >= tile:
+        return cache.batch(idx, aug)
+    m = max(strides)
+    crop = max(m, crop // m * m)
+    ys = int(rng.integers(0, (cache.masks.shape[-2] - crop) // m + 1)) * m
+    xs = int(rng.integers(0, (tile - crop) // m + 1)) * m
+    feats = [torch.from_numpy(np.asarray(f[idx, :, ys // s:(ys + crop) // s,
+                                           xs // s:(xs + crop) // s], dtype=np.float32))
+             for f, s in zip(cache.feats, strides)]
+    masks = torch.from_numpy(cache.masks[idx, ys:ys + crop, xs:xs + crop].astype(np.int64))
+    valid = torch.from_numpy(cache.valid[idx, ys:ys + crop, xs:xs + crop].astype(np.float32))
+    if aug is not None:
+        for b, k in enumerate(aug):
+            if k:
+                for f in feats:
+                    f[b] = dihedral(f[b], k).clone()
+                masks[b] = dihedral(masks[b], k).clone()
+                valid[b] = dihedral(valid[b], k).clone()
+    return feats, masks, valid
