@@ -32,6 +32,8 @@ def register(sub) -> None:
                         "instead of tiling")
     p.add_argument("--format", choices=["tif", "png"], default="tif")
     p.add_argument("--save-proba", action="store_true", help="also write the probability map")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="do not print tiles done/total while an image is predicted")
     p.add_argument("--plane", type=int, default=None,
                    help="plane (page, Z/T slice, frame) to segment in multi-plane files")
     add_model_location_args(p)
@@ -61,6 +63,8 @@ def _run(args) -> int:
     from napari_textdiff.cli._common import load_model, output_stems, writable_folder
     from napari_textdiff.core import io
     from napari_textdiff.core.calibration import get_threshold
+    from napari_textdiff.core.prediction import iter_predict
+    from napari_textdiff.core.progress import print_progress, run
 
     out = writable_folder(args.out)
     images, seen = [], set()
@@ -92,26 +96,32 @@ def _run(args) -> int:
                     raise ValueError(f"{p}: no description for this image in {args.texts_from}")
                 text = ""
         t1 = time.monotonic()
-        img = io.load_image(p, channels=model.channels, plane=args.plane)
+        # lazy: the file stays in its stored dtype (memory-mapped where it can); tiles are
+        # normalised as the model reads them (core.largeimage)
+        img = io.load_lazy(p, channels=model.channels, plane=args.plane)
+        h, w = int(img.shape[0]), int(img.shape[1])
         t2 = time.monotonic()
-        prob = model.predict_proba(img, text, tiled=not args.resize)
+        prob = run(iter_predict(model, img, text, tiled=not args.resize, name=p.name),
+                   callback=print_progress(every=2.0) if args.progress else None)
+        del img
         t3 = time.monotonic()
-        mask = (prob >= thr).astype(np.uint8)
+        mask = prob >= thr                                   # bool: 1 byte a pixel
+        if args.save_proba:
+            io.write_image(out / f"{stem}_proba.tif", prob)
+        del prob
+        fg = np.count_nonzero(mask) / mask.size
         if args.instances:
             from napari_textdiff.core.instances import binary_to_instances
             mask = binary_to_instances(mask)
         dst = io.write_mask(out / f"{stem}_mask.{args.format}", mask)
-        if args.save_proba:
-            io.write_image(out / f"{stem}_proba.tif", prob.astype(np.float32))
         t4 = time.monotonic()
-        row = {"image": str(p), "mask": str(dst), "height": int(img.shape[0]),
-               "width": int(img.shape[1]), "foreground": float((mask > 0).mean()),
-               "read_s": round(t2 - t1, 3), "predict_s": round(t3 - t2, 3),
-               "write_s": round(t4 - t3, 3)}
+        row = {"image": str(p), "mask": str(dst), "height": h, "width": w,
+               "foreground": float(fg), "read_s": round(t2 - t1, 3),
+               "predict_s": round(t3 - t2, 3), "write_s": round(t4 - t3, 3)}
         if args.instances:
             row["instances"] = int(mask.max())
         rows.append(row)
-        print(f"{p.name}: {img.shape[1]}x{img.shape[0]} predict {t3 - t2:.2f}s "
+        print(f"{p.name}: {w}x{h} predict {t3 - t2:.2f}s "
               f"-> {dst}", file=sys.stderr)
     total = sum(r["predict_s"] for r in rows)
     print(json.dumps({"model": str(args.model), "kind": model.kind, "threshold": thr,

@@ -24,7 +24,7 @@ from .readers import (DICOM_SUFFIXES, PIL_SUFFIXES, TIFF_SUFFIXES, ImageReadErro
 __all__ = [
     "ImageReadError", "IMAGE_SUFFIXES", "MASK_SUFFIXES", "read_image", "normalize_image",
     "load_image", "read_mask", "write_mask", "write_image", "check_same_shape", "image_shape",
-    "is_image_file", "open_lazy", "binary_mask", "white_level", "LUMA_BT601",
+    "is_image_file", "open_lazy", "load_lazy", "binary_mask", "white_level", "LUMA_BT601",
 ]
 
 IMAGE_SUFFIXES = TIFF_SUFFIXES + DICOM_SUFFIXES + PIL_SUFFIXES + (".npy",)
@@ -82,11 +82,8 @@ def image_shape(path) -> tuple[int, int]:
     return int(a.shape[0]), int(a.shape[1])
 
 
-def open_lazy(path, plane: int | None = None):
-    """A sliceable view of a (large) image without reading it all: a read-only memmap for
-    ``.npy`` and uncompressed contiguous TIFFs, otherwise the fully read array. Meant for
-    :func:`core.tiling.predict_tiled` on whole-slide-sized files (raw dtype: normalise tiles,
-    e.g. ``/ 255``, in the predict function)."""
+def _open_lazy(path, plane):
+    """(raw sliceable array, declared white level): a memmap where the file allows one."""
     p = check_file(path)
     suffix = p.suffix.lower()
     if suffix == ".npy":
@@ -95,18 +92,46 @@ def open_lazy(path, plane: int | None = None):
         except Exception as e:
             raise ImageReadError(p, f"cannot read .npy ({e})") from e
         if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] <= 4):
-            return a
+            if plane not in (None, 0, -1):
+                raise ImageReadError(p, f"plane {plane} is out of range: the file has 1 plane "
+                                        "(only plane 0)")
+            return a, None
     elif suffix in TIFF_SUFFIXES:
         import tifffile
+
+        from .readers import _tiff_white
         try:
             with tifffile.TiffFile(p) as tf:
                 s = tf.series[0]
-                simple = s.axes in ("YX", "YXS") and s.dataoffset is not None
+                simple = (len(tf.series) == 1 and s.axes in ("YX", "YXS")
+                          and s.dataoffset is not None and plane in (None, 0, -1))
+                white = _tiff_white(tf.pages[0], s.dtype) if simple else None
             if simple:
-                return tifffile.memmap(p, mode="r")
+                return tifffile.memmap(p, mode="r"), white
         except Exception:
             pass
-    return read_image(p, plane=plane)
+    return _read(p, plane)
+
+
+def open_lazy(path, plane: int | None = None):
+    """A sliceable view of a (large) image without reading it all: a read-only memmap for
+    ``.npy`` and uncompressed contiguous single-image TIFFs, otherwise the fully read array
+    (raw dtype; :func:`load_lazy` adds the normalisation)."""
+    return _open_lazy(path, plane)[0]
+
+
+def load_lazy(path, channels: int | None = None, plane: int | None = None):
+    """:func:`load_image` for whole-slide-sized files: a :class:`core.largeimage.LazyImage`
+    that normalises only the tiles a model reads (the file stays memory-mapped where it can,
+    else in its stored dtype: 1-3 bytes a pixel, not 12). Float data outside [0, 1] falls
+    back to the whole-image :func:`load_image`."""
+    from .largeimage import lazy_image
+
+    raw, white = _open_lazy(path, plane)
+    try:
+        return lazy_image(raw, channels=channels, white=white, name=str(path))
+    except ValueError as e:
+        raise ImageReadError(path, str(e)) from e
 
 
 def load_image(path, channels: int | None = None, plane: int | None = None) -> np.ndarray:
@@ -197,7 +222,7 @@ def write_mask(path, mask) -> Path:
     if m.dtype.kind not in "biu":
         raise ValueError(f"{path.name}: mask dtype {m.dtype} is not bool/integer")
     if m.dtype == np.bool_ or (m.dtype == np.uint8 and (m.size == 0 or m.max() <= 1)):
-        out = (m > 0).astype(np.uint8) * np.uint8(255)
+        out = np.multiply(m, np.uint8(255), dtype=np.uint8)   # one copy (large masks)
     else:
         if m.size and m.min() < 0:
             raise ValueError(f"{path.name}: negative label ids")

@@ -100,7 +100,7 @@ def normalize_image(arr, channels: int | None = None, white: float | None = None
         x = a.astype(np.float32)
     elif level is not None:
         x = a.astype(np.float32)
-        x *= np.float32(1.0 / level)
+        x /= np.float32(level)
     else:
         x = a.astype(np.float32)
         finite = np.isfinite(x)

@@ -55,13 +55,14 @@ def iter_proba(model, image, text: str | None = None, *, tiled: bool = True, dev
     Yields ``Progress("predict", tiles_done, tiles_total, message=name)``; returns the map,
     or ``None`` when stopped.
     """
+    from ..largeimage import lazy_image, resize_lowmem
     from ..tiling import iter_tiled
-    from .model import _resize
 
     if device is not None:
         model.to(device)
     t0 = time.monotonic()
-    img = model._prepare(image)
+    # large images: normalised tile by tile and resized channel by channel (core.largeimage)
+    img = lazy_image(image, channels=model.channels, name=name or "image")
     h, w = img.shape[:2]
     c = model.config
     fn = model._predict_fn(text)
@@ -72,10 +73,10 @@ def iter_proba(model, image, text: str | None = None, *, tiled: bool = True, dev
                 yield Progress("predict", 0, 1, message=name)
                 if should_stop is not None and should_stop():
                     return None
-                prob = fn(_resize(img, (s, s), 1)[None])[0, 0]
+                prob = fn(np.asarray(resize_lowmem(img, (s, s), 1))[None])[0, 0]
                 yield Progress("predict", 1, 1, message=name)
             else:
-                work = _resize(img, model._working_shape(img.shape), 1)
+                work = resize_lowmem(img, model._working_shape(img.shape), 1)
                 out = yield from iter_tiled(work, fn, tile=c.working_size,
                                             overlap=c.tile_overlap, batch_size=batch_size,
                                             should_stop=should_stop, message=name)
@@ -84,6 +85,7 @@ def iter_proba(model, image, text: str | None = None, *, tiled: bool = True, dev
                 prob = np.asarray(out)[0]
         except StopRequested:
             return None
-    prob = np.clip(_resize(prob.astype(np.float32), (h, w), 1), 0, 1)
+    prob = resize_lowmem(np.asarray(prob, np.float32), (h, w), 1)
+    prob = np.clip(prob, 0, 1, out=prob if prob.flags.writeable else None)
     model.last_timings = {"predict_seconds": time.monotonic() - t0}
-    return prob.astype(np.float32)
+    return prob
