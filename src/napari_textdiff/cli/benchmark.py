@@ -135,6 +135,19 @@ def register(sub) -> None:
     _common(s, "benchmark_results")
     s.set_defaults(func=_speed)
 
+    f = bsub.add_parser("finetune", help="does fine-tuning pay? Dice of the other images "
+                                         "before/after fine-tuning on n corrected ones")
+    f.add_argument("model", help="model file (e.g. src/napari_textdiff/models/histology.safetensors)")
+    f.add_argument("data", help="labelled images the model never trained on (any layout)")
+    f.add_argument("--split", default=None,
+                   help="dataset split to draw from (e.g. Val_Folder); default: the model's "
+                        "recorded validation images, else all")
+    f.add_argument("--n", type=_ints, default=None, help="corrected-image counts (default 1,2,5)")
+    f.add_argument("--n-eval", type=int, default=None, help="scored images per seed (default 60)")
+    f.add_argument("--label", default=None, help="name in the output files (default: model stem)")
+    _common(f, "benchmark_results")
+    f.set_defaults(func=_finetune)
+
     r = bsub.add_parser("report", help="rewrite the README results block from the JSON files")
     r.add_argument("--results", default="benchmark_results", help="folder of benchmark JSON")
     r.add_argument("--readme", default="README.md")
@@ -285,6 +298,30 @@ def _speed(args) -> int:
     cfg = SpeedConfig.quick(**over) if args.quick else SpeedConfig(**over)
     writable_folder(args.out)
     res = _drive(run_speed(args.out, cfg, argv=_command(args)), not args.no_progress)
+    return _finish(res)
+
+
+def _finetune(args) -> int:
+    from pathlib import Path
+
+    from napari_textdiff.core.benchmark.finetune import (FinetuneBenchConfig, pool_from,
+                                                         run_finetune_benchmark)
+
+    _setup(args)
+    over = _overrides(args, {"n": "ns", "seeds": "seeds", "n_eval": "n_eval",
+                             "device": "device"})
+    over = {k: tuple(v) if isinstance(v, list) else v for k, v in over.items()}
+    if args.quick:
+        over = {"ns": (1,), "seeds": (0,), "n_eval": 2, **over}
+    cfg = FinetuneBenchConfig(**over)
+    writable_folder(args.out)
+    samples = pool_from(args.model, args.data, args.split)
+    res = _drive(run_finetune_benchmark(args.model, samples, args.out, cfg,
+                                        label=args.label or Path(args.model).stem),
+                 not args.no_progress)
+    for n, s in res["summary"].items():
+        print(f"n={n}: Dice {s['dice_before']:.4f} -> {s['dice_after']:.4f} "
+              f"({s['gain']:+.4f}) in {s['seconds']:.0f} s", file=sys.stderr)
     return _finish(res)
 
 
