@@ -87,3 +87,11 @@ def test_large_gray_image_prediction_stays_under_6_bytes_per_pixel(tmp_path):
     tracemalloc.stop()
     assert prob.shape == (n, n) and prob.dtype == np.float32
     assert peak / gray.size < 6, f"{peak / gray.size:.1f} bytes per pixel"
+
+
+def test_measure_large_image_reports_bytes_per_pixel_and_seconds_per_mp(tmp_path):
+    from napari_textdiff.core.largeimage import measure_large_image
+
+    rec = measure_large_image(_tiny_resize_model(tmp_path), side=512)
+    assert 0 < rec["bytes_per_pixel"] < 6 and rec["seconds_per_mp"] > 0
+    assert rec["megapixels"] == pytest.approx(0.26, abs=0.01)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .normalize import LUMA_BT601, normalize_image, white_level
 
-__all__ = ["LazyImage", "lazy_image", "resize_lowmem"]
+__all__ = ["LazyImage", "lazy_image", "resize_lowmem", "measure_large_image"]
 
 _ROWS = 512     # rows per chunk for whole-image passes (min/max, channel extraction)
 
@@ -177,3 +177,27 @@ def resize_lowmem(image, shape: tuple[int, int], order: int = 1,
         out[..., k] = (one(image.channel(k), own=True) if lazy else
                        one(np.ascontiguousarray(image[..., k], np.float32), own=False))
     return out
+
+
+def measure_large_image(model, side: int = 4096, text: str = "", seed: int = 0) -> dict:
+    """Bytes per pixel (traced peak of the buffers one prediction allocates, the stored uint8
+    image excluded) and seconds per megapixel of ``model`` on a ``side``² gray image: the
+    numbers the speed benchmark reports for large images."""
+    import time
+    import tracemalloc
+
+    img = np.random.default_rng(seed).integers(0, 256, (side, side), dtype=np.uint8)
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    t0 = time.monotonic()
+    model.predict_proba(img, text)
+    seconds = time.monotonic() - t0
+    peak = tracemalloc.get_traced_memory()[1] - base
+    if not tracing:
+        tracemalloc.stop()
+    mp = img.size / 1e6
+    return {"bytes_per_pixel": round(peak / img.size, 2), "seconds_per_mp": round(seconds / mp, 3),
+            "megapixels": round(mp, 2)}

@@ -39,13 +39,14 @@ class SpeedConfig:
     ldm: str | None = None
     ldm_preset: str = "small"
     ldm_steps: int = 50
+    large_side: int = 4096                # gray image for bytes/pixel and s/MP (0: skip)
     seed: int = 0
     device: str = "auto"
 
     @classmethod
     def quick(cls, **kw) -> "SpeedConfig":
         base = dict(repeats=2, mgcc_widths=[0.25], unet_width=0.125,
-                    finetune_epochs=1, ldm_preset="tiny", ldm_steps=5)
+                    finetune_epochs=1, ldm_preset="tiny", ldm_steps=5, large_side=1024)
         return cls(**{**base, **kw})
 
 
@@ -139,6 +140,18 @@ def run_speed(out_dir, config: SpeedConfig | None = None, argv=None,
         parameters=model.num_parameters)
     put("TextDiff text encoding per description (uncached)", 1000 * t_text, "ms")
     put(f"TextDiff total per {s}² tile", 1000 * (t_feat + t_head), "ms")
+    # large images: what scales with the image (issue 18); tiled work is tiles x tile time
+    stride = s - model.config.tile_overlap
+    put(f"TextDiff tiled prediction per megapixel (scale 1, {s}² tiles every {stride} px)",
+        1e6 / stride ** 2 * (t_feat + t_head), "s/MP")
+    if cfg.large_side:
+        from ..largeimage import measure_large_image
+
+        big = measure_large_image(model, cfg.large_side, tile.text, cfg.seed)
+        put(f"TextDiff whole-image path, {cfg.large_side}² gray image: memory",
+            big["bytes_per_pixel"], "bytes/pixel")
+        put(f"TextDiff whole-image path, {cfg.large_side}² gray image: time",
+            big["seconds_per_mp"], "s/MP")
     done += 1
     yield unit_event(done, total, f"TextDiff tile {1000 * (t_feat + t_head):.0f} ms", t0)
     # fine-tune on 5 images (features of each image computed inside, as a user would)
