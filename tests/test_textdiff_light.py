@@ -52,6 +52,13 @@ def test_stack_and_build_features():
     assert [o.shape[1] for o in out] == both.out_channels
     only = build_features(TextDiffConfig(features="classic", classic_sigmas=[1.0, 2.0]))
     assert only.taps == [] and only.out_channels == [24] and only.fingerprint()
+    half = build_features(TextDiffConfig(features="both", steps=[10], classic_sigmas=[1.0],
+                                         diffusion_scale=0.5), unet)
+    assert half.strides == [2 * s for s in both.strides[:-1]] + [1]
+    out = half(np.random.default_rng(1).random((1, 32, 32, 3), dtype=np.float32))
+    assert [o.shape[-1] for o in out] == [32 // s for s in half.strides]
+    with pytest.raises(ValueError, match="diffusion_scale"):
+        FeatureStack(both.diffusion, None, diffusion_scale=0.3)
     plain = build_features(TextDiffConfig(steps=[10]), unet)
     assert not isinstance(plain, FeatureStack)          # "diffusion": unchanged extractor
     with pytest.raises(ValueError, match="features"):

@@ -35,6 +35,7 @@ class TextDiffConfig:
     classic_sigmas: list[float] = dataclasses.field(
         default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])   # working-scale pixels
     in_channels: int = 3                    # image channels when there is no backbone
+    diffusion_scale: float = 1.0            # the UNet sees each tile resized by this (1/n)
     # --- geometry --------------------------------------------------------------------------
     working_size: int = 256                 # tile / crop side the features are computed on
     scale: float = 1.0                      # images are rescaled by this before tiling

@@ -269,11 +269,16 @@ class FeatureStack:
     ``strides`` cover every map, diffusion first, classic last.
     """
 
-    def __init__(self, diffusion=None, classic=None):
+    def __init__(self, diffusion=None, classic=None, diffusion_scale: float = 1.0):
         if diffusion is None and classic is None:
             raise ValueError("FeatureStack needs diffusion features, classic ones, or both")
         self.diffusion = diffusion
         self.classic = classic
+        # the UNet sees the tile resized by this (e.g. 0.5): its cost is what limits the
+        # working scale on a CPU, while the filter bank is cheap at full working resolution
+        self.diffusion_scale = float(diffusion_scale)
+        if not 0 < self.diffusion_scale <= 1 or (1 / self.diffusion_scale) % 1:
+            raise ValueError(f"diffusion_scale must be 1/n, got {diffusion_scale}")
 
     def __getattr__(self, name):   # unet, steps, noise_seed, multiple... of the diffusion part
         if name in ("diffusion", "classic") or self.__dict__.get("diffusion") is None:
@@ -296,7 +301,8 @@ class FeatureStack:
 
     @property
     def strides(self) -> list[int]:
-        out = list(self.diffusion.strides) if self.diffusion is not None else []
+        f = round(1 / self.diffusion_scale)
+        out = [s * f for s in self.diffusion.strides] if self.diffusion is not None else []
         return out + ([1] if self.classic is not None else [])
 
     def fingerprint(self) -> str:
@@ -311,7 +317,19 @@ class FeatureStack:
     def __call__(self, images, batch_size: int = 4):
         out = []
         if self.diffusion is not None:
-            out += list(self.diffusion(images, batch_size=batch_size))
+            small = images
+            if self.diffusion_scale != 1:
+                import torch
+                import torch.nn.functional as F
+
+                x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+                x = x[..., None] if x.ndim == 3 else x
+                f = round(1 / self.diffusion_scale)
+                h, w = -(-x.shape[1] // f), -(-x.shape[2] // f)
+                small = F.interpolate(x.permute(0, 3, 1, 2), size=(h, w), mode="bilinear",
+                                      antialias=True, align_corners=False).permute(0, 2, 3, 1)
+                small = small.clamp(0, 1).numpy()
+            out += list(self.diffusion(small, batch_size=batch_size))
         if self.classic is not None:
             out += list(self.classic(images, batch_size=batch_size))
         return out
@@ -333,8 +351,9 @@ def build_features(config, unet=None, scheduler=None, device="cpu"):
             raise ValueError(f"features={kind!r} needs a diffusion backbone")
         diff = DiffusionFeatures(unet, scheduler, taps=config.taps, steps=config.steps,
                                  noise_seed=config.noise_seed, device=device)
-        if kind == "diffusion":
+        if kind == "diffusion" and getattr(config, "diffusion_scale", 1.0) == 1:
             return diff
     in_ch = diff.in_channels if diff is not None else int(config.in_channels)
-    classic = ClassicFeatures(in_ch, config.classic_sigmas, device=device)
-    return FeatureStack(diff, classic)
+    classic = None if kind == "diffusion" else ClassicFeatures(in_ch, config.classic_sigmas,
+                                                               device=device)
+    return FeatureStack(diff, classic, getattr(config, "diffusion_scale", 1.0))
