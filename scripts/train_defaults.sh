@@ -29,11 +29,20 @@ histology)  # TextDiff head for nuclei at a fixed scale of 0.256 (MoNuSeg 1000²
 xray)       # TextDiff head for lung lesions (ground glass ∪ consolidation) guided by the notes
   $NT textdiff fit "$D"/xray --shots "${XR_SHOTS:-8}" --seed 0 --val-fraction 0.25 --backbone "$M"/backbone \
     --resize-to 256 --epochs "${TD_EPOCHS:-10}" --calibrate --device "$DEVICE" --out "$M"/xray.safetensors ;;
-ultrasound) # light MGCC, semi-supervised: 50 % of the train split labeled, the rest unlabeled
+ultrasound) # light MGCC: (1) semi-supervised warm-up, 50 % of the train split labeled;
+            # (2) supervised on every train-split mask (main decoder, batch 8) from (1);
+            # (3) the "no lesion" rule + threshold chosen on the same 109 validation images.
+            # Resumable: add --resume to a stage's mgcc train line after an interruption.
   $NT mgcc train "$D"/busi --labeled-fraction 0.5 --val-fraction 0.2 \
-    --width "${MGCC_WIDTH:-0.125}" --size 128 --iterations "${MGCC_ITERS:-1000}" --lr 0.02 \
-    --batch-labeled 2 --batch-unlabeled 2 --val-every 100 --checkpoint-every 100 \
-    --device "$DEVICE" --fp16 --out "$M"/ultrasound_mgcc.safetensors ;;
+    --width "${MGCC_WIDTH:-0.125}" --size "${MGCC_SIZE:-128}" --iterations "${MGCC_WARMUP:-1000}" \
+    --lr 0.02 --batch-labeled 2 --batch-unlabeled 2 --val-every 100 --checkpoint-every 100 \
+    --device "$DEVICE" --run-dir "$RUNS"/us_warmup --out "$RUNS"/us_warmup.safetensors
+  $NT mgcc train "$D"/busi --labeled-fraction 1.0 --val-fraction 0.2 --main-only \
+    --init "$RUNS"/us_warmup.safetensors --width "${MGCC_WIDTH:-0.125}" --size "${MGCC_SIZE:-128}" \
+    --iterations "${MGCC_ITERS:-2000}" --lr 0.01 --batch-labeled 8 --val-every 100 \
+    --checkpoint-every 50 --device "$DEVICE" --run-dir "$RUNS"/us_sup --out "$RUNS"/us_sup.safetensors
+  .venv/bin/python scripts/busi_decision.py --data "$D"/busi --model "$RUNS"/us_sup.safetensors \
+    --out "$M"/ultrasound_mgcc.safetensors ;;
 ultrasound_textdiff) # TextDiff head for breast lesions; BUSI has no text, so each image is
             # described by its class folder ("Benign breast lesion.", core.datasets.BUSI_DESCRIPTIONS)
   $NT textdiff fit "$D"/busi --describe-classes --shots "${US_SHOTS:-32}" --seed 0 --val-fraction 0.25 \

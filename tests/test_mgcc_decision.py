@@ -129,3 +129,24 @@ def test_supervised_main_only_training_with_a_warm_start():
             assert torch.allclose(model.net.state_dict()[k], v), k
     with pytest.raises(ValueError, match="unlabeled"):
         MGCCTrainer([_case(0)], [_case(1).image], net_config=net, config=cfg, device="cpu")
+
+
+def test_lesion_classifier_separates_and_travels_with_the_model(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 6))
+    y = x[:, 0] + 0.5 * x[:, 1] > 0
+    clf = D.fit_lesion_classifier(x, y)
+    p = D.lesion_probability(clf, x)
+    assert np.mean((p > 0.5) == y) > 0.9
+    torch.manual_seed(0)
+    m = MGCCModel.create(in_channels=1, width=0.0625, size=32)
+    n_feat = 2 * m.net.config.channels[4] + 2
+    never = {"mu": [0.0] * n_feat, "sd": [1.0] * n_feat, "w": [0.0] * n_feat, "b": -10.0}
+    m.decision = {**D.NO_RULE, "min_lesion_prob": 0.5, "lesion_classifier": never}
+    img = _case(0).image
+    assert m.predict_proba(img).max() == 0          # P(lesion) ~ 0: "no lesion"
+    m.save(tmp_path / "m.safetensors")
+    m2 = MGCCModel.load(tmp_path / "m.safetensors", device="cpu")
+    assert m2.decision["lesion_classifier"]["b"] == -10.0 and m2.predict_proba(img).max() == 0
+    with pytest.raises(ValueError, match="features"):
+        D.apply_rule(torch.rand(1, 1, 8, 8), m.decision, 0.5)

@@ -86,12 +86,14 @@ class MGCCModel:
         self.net.eval()
         try:
             with autocast(self.device):
-                logits = self.net(normalize_input(images.to(self.device)))
+                logits, bott = self.net.forward_with_bottleneck(
+                    normalize_input(images.to(self.device)))
             prob = torch.sigmoid(logits.float())
             if self.decision and self.inference == "resize":
-                from .decision import apply_rule
+                from .decision import apply_rule, image_features
 
-                prob = apply_rule(prob, self.decision, self.threshold)
+                prob = apply_rule(prob, self.decision, self.threshold,
+                                  image_features(prob, bott))
             return prob
         finally:
             self.net.train(was_training)

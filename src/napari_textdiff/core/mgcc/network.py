@@ -173,12 +173,16 @@ class MGCCNet(nn.Module):
             raise ValueError(f"input H and W must be multiples of 16, got {tuple(x.shape[-2:])}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_bottleneck(x)[0]
+
+    def forward_with_bottleneck(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference path: (main logits, ConvMixer output) — the latter feeds image-level heads."""
         self._check(x)
         feats = self.encoder(x)
         b = feats[4]
         for layer in self.mixer:
             b = layer(b)
-        return self.main_decoder([*feats[:4], b])
+        return self.main_decoder([*feats[:4], b]), b
 
     def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.aux_decoders is None:
