@@ -206,3 +206,14 @@ def test_truncated_model_is_refused_by_header_and_info(tmp_path, capsys):
     assert main(["info", str(p)]) == 2
     err = capsys.readouterr().err
     assert "m.safetensors" in err and "truncated" in err and "100 bytes" in err
+
+
+def test_text_encoder_refuses_non_strings_and_cleans_surrogates(tmp_path):
+    from napari_textdiff.core.textdiff.text_encoder import TextEncoder
+    from textdiff_testkit import make_tiny_bert
+
+    enc = TextEncoder(str(make_tiny_bert(tmp_path / "bert")), max_length=12)
+    with pytest.raises(TypeError, match="must be a str, got int"):
+        enc.encode(42)
+    h, m, _ = enc.encode("left \udcff")        # a transformers traceback before
+    assert h.shape[0] == 12 and bool(m[0])

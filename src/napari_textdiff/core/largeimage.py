@@ -8,8 +8,8 @@ dtype (or on disk as a memmap):
 * :class:`LazyImage` normalises only the tile that is sliced (:func:`core.normalize
   .normalize_image` rules, with one white level for the whole image, so tiles agree);
 * :func:`resize_lowmem` resizes one channel at a time (a gray image repeated to 3 channels is
-  resized once), with exactly ``skimage.transform.resize``'s result (its anti-aliasing filter
-  and zoom act on each channel alone), so small and large images give the same answer.
+  resized once) by ``skimage.transform.resize``'s steps (its anti-aliasing filter and zoom act
+  on each channel alone), so small and large images give the same answer to float rounding.
 
 Peak memory above the stored image: 4 bytes a pixel (one float32 channel, filtered in place,
 while it is resized; the float32 probability map after).
