@@ -41,6 +41,8 @@ class LazyImage:
             raise ValueError(f"{name}: expected (H, W) or (H, W, C), got shape {shape}")
         c_in = 1 if len(shape) == 2 else shape[2]
         c_in = {2: 1, 4: 3}.get(c_in, c_in)          # alpha dropped
+        if c_in not in (1, 3):                       # stacks, channels-first: whole-image rules
+            raise ValueError(f"{name}: shape {shape} is not (H, W) or (H, W, C<=4)")
         self.gray_source = c_in == 1
         self.channels = channels or c_in
         self.shape = (shape[0], shape[1], self.channels)
