@@ -189,7 +189,7 @@ def test_segment_and_calibrate_take_backbone(tmp_path, capsys):
     args = ["segment", str(img), "--model", str(model_path), "--out", str(tmp_path / "o"),
             "--device", "cpu"]
     assert main(args) == 2
-    assert "backbone" in capsys.readouterr().err
+    assert "On the command line: --backbone FOLDER" in capsys.readouterr().err
     assert main(args + ["--backbone", str(moved)]) == 0
     assert (tmp_path / "o" / "im_mask.tif").is_file()
 

@@ -68,13 +68,21 @@ def add_model_location_args(p) -> None:
 
 def load_model(args):
     """``core.models.load_model`` honouring ``--backbone`` / ``--text-encoder``."""
-    from napari_textdiff.core.bundle import read_bundle_header
+    from napari_textdiff.core.bundle import BundleError, read_bundle_header
     from napari_textdiff.core.models import load_model as _load
 
     backbone = getattr(args, "backbone", None)
     encoder = getattr(args, "text_encoder", None)
     if backbone is None and encoder is None:
-        return _load(args.model, device=args.device)
+        try:
+            return _load(args.model, device=args.device)
+        except BundleError as e:     # the core's message names the API argument
+            hint = [opt for key, opt in (("backbone=", "--backbone FOLDER"),
+                                         ("text_encoder=", "--text-encoder FOLDER"))
+                    if key in str(e)]
+            if hint:
+                raise BundleError(f"{e} On the command line: {', '.join(hint)}.") from e
+            raise
     kind = read_bundle_header(args.model)["kind"]
     if kind != "textdiff":
         raise ValueError(f"{args.model} is a {kind} model, which has no diffusion backbone or "
