@@ -215,3 +215,34 @@ def test_saved_labels_keep_the_description_one_sidecar_per_file(viewer, qtbot, f
     (back,) = viewer.open(str(out), plugin=PLUGIN)
     assert back.metadata["description"] == "two round cells"
     np.testing.assert_array_equal(back.data > 0, viewer.layers["cells_labels"].data > 0)
+
+
+def test_diffusion_features_are_computed_once_for_segment_finetune_resegment(
+        viewer, qtbot, tiny_textdiff_path):
+    seg, ft = dock(viewer, "Segment"), dock(viewer, "Fine-tune")
+    seg.set_model_file(tiny_textdiff_path)
+    seg.device.setCurrentText("cpu")
+    img, mask = blob_image(40, 40, rgb=True)
+    layer = viewer.add_image(img, name="cells")
+    seg.run_button.click()
+    wait_idle(qtbot, seg)
+    (memo,) = seg.session._memos.values()
+    first = memo.stats()
+    assert first["misses"] > 0 and first["hits"] == 0
+    lab = viewer.layers["cells_labels"]
+    lab.brush_size = 60
+    lab.paint((20, 20), 0)
+    lab.paint((14, 14), 1)
+    ft.refresh()
+    ft.epochs.setValue(2)
+    ft.resegment.setChecked(False)
+    ft.start_button.click()
+    wait_idle(qtbot, ft)
+    assert ft.last_error is None, ft.last_error
+    viewer.layers.selection.active = layer
+    seg.confirm = lambda *a: True                   # replace the corrected labels
+    seg.run_button.click()
+    wait_idle(qtbot, seg)
+    after = memo.stats()
+    assert after["misses"] == first["misses"]       # nothing recomputed for this image
+    assert after["hits"] >= first["misses"]

@@ -175,7 +175,7 @@ class Session(QObject):
     def _remember_features(self, model):
         """Give a TextDiff model the session's feature memo of its backbone."""
         feats = getattr(model, "features", None)
-        if feats is None or not hasattr(feats, "fingerprint"):
+        if feats is None or not hasattr(feats, "fingerprint") or FEATURE_MEMO_MB <= 0:
             return model
         from ..core.textdiff.feature_memo import FeatureMemo
 
