@@ -41,7 +41,7 @@ ultrasound) # light MGCC: (1) semi-supervised warm-up, 50 % of the train split l
     --init "$RUNS"/us_warmup.safetensors --width "${MGCC_WIDTH:-0.125}" --size "${MGCC_SIZE:-128}" \
     --iterations "${MGCC_ITERS:-2000}" --lr 0.01 --batch-labeled 8 --val-every 100 \
     --checkpoint-every 50 --device "$DEVICE" --run-dir "$RUNS"/us_sup --out "$RUNS"/us_sup.safetensors
-  .venv/bin/python scripts/busi_decision.py --data "$D"/busi --model "$RUNS"/us_sup.safetensors \
+  .venv/bin/python scripts/busi_decision.py --data "$D"/busi --model "$RUNS"/us_sup.safetensors --classifier \
     --out "$M"/ultrasound_mgcc.safetensors ;;
 ultrasound_textdiff) # TextDiff head for breast lesions; BUSI has no text, so each image is
             # described by its class folder ("Benign breast lesion.", core.datasets.BUSI_DESCRIPTIONS)

@@ -31,15 +31,32 @@ def test_finetune_defaults_are_the_library_defaults():
     assert FINETUNE_DEFAULTS["train"] == "decoder"
 
 
-def test_finetune_with_the_defaults_learns_a_tiny_problem():
+@pytest.fixture(scope="module")
+def pretrained():
+    """A tiny MGCC trained on bright disks (what a shipped model is to its users' images)."""
     torch.manual_seed(0)
-    m = MGCCModel.create(in_channels=1, width=0.0625, size=32)
-    train = [_case(i) for i in range(4)]
-    test = [_case(100 + i) for i in range(4)]
+    cfg = TrainConfig(iterations=40, size=32, batch_labeled=4, lr=0.05, schedule="constant",
+                      main_only=True, val_every=1000)
+    t = MGCCTrainer([_case(i) for i in range(8)], [], net_config=MGCCConfig(in_channels=1,
+                    width=0.0625), config=cfg, device="cpu")
+    return run(t.run())
+
+
+def _fainter(ex, k=0.5):
+    """The same disks at half the contrast: another scanner's gain."""
+    return Example(np.clip(0.25 + k * (ex.image - 0.25), 0, 1).astype(np.float32), ex.mask)
+
+
+def test_finetune_with_the_defaults_adapts_to_fainter_images(pretrained):
+    import copy
+
+    m = copy.deepcopy(pretrained)
+    train = [_fainter(_case(20 + i)) for i in range(4)]
+    test = [_fainter(_case(100 + i)) for i in range(4)]
     before = evaluate_model(m, test)[0]["dice"]
     hist = run(m.finetune(train))          # every option at its library default
-    assert len(hist) == FINETUNE_DEFAULTS["epochs"] and hist[-1] < 0.8 * hist[0]
-    assert evaluate_model(m, test)[0]["dice"] > before + 0.2
+    assert len(hist) == FINETUNE_DEFAULTS["epochs"] and hist[-1] < 0.7 * hist[0]
+    assert evaluate_model(m, test)[0]["dice"] > before + 0.05
     assert m.net.training is False
 
 
