@@ -12,7 +12,7 @@ __all__ = ["FINETUNE_DEFAULTS", "finetune_defaults"]
 
 FINETUNE_DEFAULTS: dict[str, dict] = {
     "textdiff": {"epochs": 20, "lr": 1e-4},
-    "mgcc": {"epochs": 30, "lr": 1e-3, "batch_size": 2, "optimizer": "adam",
+    "mgcc": {"epochs": 20, "lr": 1e-4, "batch_size": 2, "optimizer": "adam",
              "train": "decoder", "augment": True},
 }
 

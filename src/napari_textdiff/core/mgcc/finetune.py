@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..finetune_defaults import FINETUNE_DEFAULTS as _ALL_DEFAULTS
 from ..progress import Progress
 from .losses import bce_dice_loss
 from .preprocess import image_tensor, mask_tensor, normalize_input
@@ -27,9 +28,9 @@ __all__ = ["FINETUNE_DEFAULTS", "finetune_model", "dihedral_one"]
 #: Library defaults of ``MGCCModel.finetune`` (and of the GUI's Fine-tune panel for MGCC).
 #: Measured on BUSI (models/README.md): Adam 1e-3 for 30 epochs lost 5-12 Dice points on the
 #: other cases, in distribution and under a simulated scanner change; 1e-4 for 20 epochs is
-#: the setting that did not hurt on average.
-FINETUNE_DEFAULTS = {"epochs": 20, "lr": 1e-4, "batch_size": 2, "optimizer": "adam",
-                     "train": "decoder", "augment": True}
+#: the setting that did not hurt on average. The numbers live in the torch-free
+#: ``core.finetune_defaults`` (the Fine-tune panel reads them there).
+FINETUNE_DEFAULTS = _ALL_DEFAULTS["mgcc"]
 
 _CACHE_LIMIT_BYTES = 768 * 2 ** 20   # above this the frozen features are recomputed per step
 
