@@ -303,6 +303,9 @@ def test_speed_quick(tmp_path, tiny_bert):
     assert any(k.startswith("LDM sampling per image") for k in ms)
     assert any(k.startswith("TextDiff fine-tune on 5 images") for k in ms)
     assert ms["peak memory (process peak RSS)"]["value"] > 0
+    thr = [k for k in ms if "batched throughput" in k]       # MGCC batch-1 and batched
+    assert thr and ms[thr[0]]["unit"] == "images/s" and ms[thr[0]]["value"] > 0
+    assert res["precision"].startswith("cpu: fp32")
     assert res["ldm"]["source"] in ("untrained", "bundled") and res["run"]["torch"]
     assert (out / "speed.md").is_file() and (out / "speed_latency.png").is_file()
 

@@ -125,7 +125,8 @@ def run_speed(out_dir, config: SpeedConfig | None = None, argv=None,
     model.features = feats_raw     # time the real work: no memo
     batch = tile.image[None]
     # what prediction does: features stay on the device between backbone and head
-    feat_fn = getattr(feats_raw, "device_features", feats_raw)
+    dev_feats = getattr(type(feats_raw), "device_features", None)   # (class: no proxies)
+    feat_fn = feats_raw if dev_feats is None else (lambda b, **k: dev_feats(feats_raw, b, **k))
     t_feat = _time(lambda: feat_fn(batch, batch_size=1), cfg.repeats, dev)
     f = [x.to(dev) for x in feat_fn(batch, batch_size=1)]
     th, tm = model._text_tensors([tile.text])
