@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The prepared GPU check (issue 19), run from the repository root on a machine with a GPU:
+#
+#   bash scripts/gpu_check.sh                      # CUDA; writes docs/benchmarks/gpu_check.json
+#   GPU_CHECK_DEVICE=cpu bash scripts/gpu_check.sh # dry run of the same steps, tiny, on the CPU
+#
+# Steps: (1) device, torch and the precision chosen there; (2) the demo on the CPU and on the
+# GPU (auto precision, then fp16 forced) with the masks compared (Dice >= 0.98); (3)
+# `napari-textdiff benchmark speed --device cuda`; (4) short fp16-forced TextDiff fit and
+# fine-tune, MGCC and LDM trainings: finite, falling losses, GradScaler in use; (5) an OOM under
+# a small memory fraction: one retry with half the tile batch succeeds, a tinier one gives the
+# clear error; (6) the `gpu` pytest tests. Numbers go to one JSON file to commit. Under 8 min:
+# each step has a time limit and all share a 470 s budget (GPU_CHECK_BUDGET; set-up excluded).
+# Exit status 0 only if every check passed (a step that ran out of time counts as failed).
+#
+# Environment: uses .venv when its torch sees the GPU; otherwise sets one up: with network,
+# scripts/setup.sh (the registry's CUDA torch when nvidia-smi shows a GPU); offline, a venv
+# over the system python's CUDA torch (--system-site-packages) plus the wheels in
+# $GPU_CHECK_WHEELS (default .whl) for what that python lacks.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DEV=${GPU_CHECK_DEVICE:-cuda}
+WORK=${GPU_CHECK_WORK:-runs/gpu_check}
+WHEELS=${GPU_CHECK_WHEELS:-.whl}
+if [ "$DEV" = cpu ]; then   # dry run: tiny sizes, one demo sample (CPU bf16/fp16 are slow)
+  OUTJSON=${GPU_CHECK_OUT:-runs/gpu_check_cpu.json}; SMALL=--small
+  DEMO=(${GPU_CHECK_DEMO:---modality ultrasound})
+else
+  OUTJSON=${GPU_CHECK_OUT:-docs/benchmarks/gpu_check.json}; SMALL=
+  DEMO=(${GPU_CHECK_DEMO:-})
+fi
+# whole-run budget (setup excluded): each step's limit is cut to what is left of it
+if [ "$DEV" = cpu ]; then BUDGET=${GPU_CHECK_BUDGET:-3600}; SLOW=4; else BUDGET=${GPU_CHECK_BUDGET:-470}; SLOW=1; fi
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+T0=$(date +%s)
+log() { echo "[gpu_check $(( $(date +%s) - T0 ))s] $*"; }
+rm -rf "$WORK"; mkdir -p "$WORK"
+
+# --- environment -------------------------------------------------------------------------
+sees() {  # sees PYTHON: its torch + project import and (for cuda) it sees the GPU
+  "$1" -c "import sys, torch, napari_textdiff; sys.exit(0 if '$DEV' == 'cpu' or torch.cuda.is_available() else 3)" \
+    >/dev/null 2>&1
+}
+PY=.venv/bin/python
+if ! { [ -x "$PY" ] && sees "$PY"; }; then
+  if [ -x "$PY" ]; then log ".venv's torch does not see the GPU: using runs/.venv-gpu"; fi
+  V=.venv; [ -x .venv/bin/python ] && V=runs/.venv-gpu
+  if [ "$DEV" != cpu ] && python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null \
+     && ! timeout 30 python3 -m pip download -q --no-deps --retries 0 --timeout 5 \
+            -d "$WORK/probe" pip >/dev/null 2>&1; then
+    log "offline: venv $V over the system torch, wheels from $WHEELS"
+    [ -x "$V/bin/python" ] || python3 -m venv --system-site-packages "$V"
+    if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+      "$V/bin/python" -m pip install -q --no-index --no-deps "$WHEELS"/*.whl || exit 2
+    fi
+    "$V/bin/python" -m pip install -q --no-deps --no-build-isolation -e . || exit 2
+  else
+    log "setting up $V with scripts/setup.sh"
+    VENV=$V bash scripts/setup.sh || { log "setup failed"; exit 2; }
+  fi
+  PY=$V/bin/python
+  sees "$PY" || { log "$PY: torch/napari_textdiff missing or no GPU seen; see the lines above"; \
+                  "$PY" -c "import torch, napari_textdiff" ; exit 2; }
+fi
+CLI=("$PY" -m napari_textdiff.cli)
+TS=$(date +%s)   # budget starts after the set-up
+step() {  # step NAME SECONDS CMD...: run with a time limit, keep its JSON line in $WORK/NAME.json
+  local name=$1 secs=$(( $2 * SLOW )); shift 2
+  local left=$(( BUDGET - ($(date +%s) - TS) ))
+  if [ "$left" -lt 15 ]; then log "$name: skipped, the time budget is spent"
+    echo '{"ok": false, "error": "skipped: time budget spent"}' > "$WORK/$name.json"; return 0; fi
+  [ "$secs" -gt "$left" ] && secs=$left
+  log "$name (limit ${secs}s): $*"
+  timeout --kill-after=10 "$secs" "$@" > "$WORK/$name.out" 2> "$WORK/$name.err"
+  local rc=$?
+  tail -n 1 "$WORK/$name.out" > "$WORK/$name.json"
+  [ $rc -eq 0 ] || { log "$name: exit $rc"; tail -n 15 "$WORK/$name.err"; }
+  return 0
+}
+
+# --- 1. device and precision ---------------------------------------------------------------
+command -v nvidia-smi >/dev/null && nvidia-smi -L
+step info 60 "$PY" scripts/gpu_check.py info --device "$DEV"
+cat "$WORK/info.json"
+
+# --- 2. demo on CPU and on the GPU, masks compared ----------------------------------------
+step demo_cpu 150 env NAPARI_TEXTDIFF_PRECISION=fp32 "${CLI[@]}" demo --device cpu --out "$WORK/demo_cpu" "${DEMO[@]}"
+if [ "$DEV" = cpu ]; then   # dry run: what autocast does on a GPU, here on the CPU
+  step demo_dev 90 env NAPARI_TEXTDIFF_PRECISION=bf16 "${CLI[@]}" demo --device cpu --out "$WORK/demo_dev" "${DEMO[@]}"
+  step demo_fp16 90 env NAPARI_TEXTDIFF_PRECISION=fp16 "${CLI[@]}" demo --device cpu --out "$WORK/demo_fp16" "${DEMO[@]}"
+else
+  step demo_dev 90 "${CLI[@]}" demo --device "$DEV" --out "$WORK/demo_dev" "${DEMO[@]}"
+  step demo_fp16 90 "${CLI[@]}" --precision fp16 demo --device "$DEV" --out "$WORK/demo_fp16" "${DEMO[@]}"
+fi
+step demo_auto 30 "$PY" scripts/gpu_check.py demo "$WORK/demo_cpu" "$WORK/demo_dev"
+step demo_forced_fp16 30 "$PY" scripts/gpu_check.py demo "$WORK/demo_cpu" "$WORK/demo_fp16"
+
+# --- 3. speed benchmark ----------------------------------------------------------------------
+if [ "$DEV" = cpu ]; then   # dry run: random tiny backbone and LDM instead of the bundled ones
+  mkdir -p "$WORK/no_models"
+  SPEED=(--quick --device cpu --tile 64 --backbone-preset tiny); MODELS_ENV=NAPARI_TEXTDIFF_MODELS=$WORK/no_models
+else SPEED=(--device "$DEV"); MODELS_ENV=GPU_CHECK=1; fi
+step speed_run 150 env "$MODELS_ENV" "${CLI[@]}" benchmark speed "${SPEED[@]}" --no-progress --out "$WORK/speed"
+"$PY" - "$WORK/speed/speed.json" > "$WORK/speed.json" <<'EOF'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+    print(json.dumps({"ok": True, "precision": r.get("precision"), "wall_seconds": r.get("wall_seconds"),
+                      "measures": {k: [round(v["value"], 3), v["unit"]] for k, v in r["measures"].items()}}))
+except Exception as e:
+    print(json.dumps({"ok": False, "error": f"no speed.json ({e})"}))
+EOF
+
+# --- 4. fp16-forced trainings ----------------------------------------------------------------
+step train 150 "$PY" scripts/gpu_check.py train --device "$DEV" --precision fp16 $SMALL
+
+# --- 5. out of memory: retry, then the clear error ------------------------------------------
+step oom 90 "$PY" scripts/gpu_check.py oom --device "$DEV" $SMALL
+
+# --- 6. the gpu-marked tests (skipped on a CPU) ------------------------------------------------
+step pytest_gpu 120 "$PY" -c "import sys, json, pytest; rc = pytest.main(['-q', '-m', 'gpu', 'tests/test_gpu.py', '-p', 'no:cacheprovider']); print(json.dumps({'ok': rc in (0, 5), 'pytest_exit': int(rc)})); sys.exit(int(rc not in (0, 5)))"
+
+# --- result ---------------------------------------------------------------------------------
+"$PY" scripts/gpu_check.py merge "$OUTJSON" "$WORK"/{info,demo_auto,demo_forced_fp16,speed,train,oom,pytest_gpu}.json
+rc=$?
+"$PY" - "$OUTJSON" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for k, v in r.items():
+    if isinstance(v, dict):
+        print(f"  {'ok  ' if v.get('ok', True) else 'FAIL'} {k}")
+print("gpu_check:", "all checks passed" if r["ok"] else "some checks FAILED", "->", sys.argv[1])
+EOF
+log "done in $(( $(date +%s) - T0 ))s"
+exit $rc
