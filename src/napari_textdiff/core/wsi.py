@@ -1,0 +1,220 @@
+"""Segment a region of a slide, or the whole slide streamed block by block.
+
+Why: a slide does not fit in memory at full resolution, and the models work at a coarser
+scale anyway (the histology model sees pixels resized by 0.256). So the pyramid level closest
+to the working scale is read, one block (plus a halo of context) at a time; each block is
+predicted as a plain image with :func:`prediction.iter_predict`, its core thresholded into a
+mask (a disk memmap for large areas), and instances are split across block seams by
+:mod:`stitching`. A region that fits in one block is exactly "segment these pixels as a
+plain image". Coordinates in and out are level-0 pixels.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .progress import Progress
+from .slides import Slide, choose_level, model_mpp, model_scale
+
+__all__ = ["SlideLabels", "iter_segment_slide", "parse_region", "tissue_mask"]
+
+
+@dataclasses.dataclass
+class SlideLabels:
+    """Labels of a slide area at ``level``; ``box`` = (y0, x0, y1, x1) in level pixels,
+    ``region`` = (x, y, w, h) in level-0 pixels (what was asked for)."""
+
+    labels: np.ndarray                  # (y1-y0, x1-x0) ints, ndarray or memmap
+    level: int
+    downsample: tuple[float, float]     # (dy, dx) of the level vs level 0
+    box: tuple[int, int, int, int]
+    region: tuple[int, int, int, int]
+    objects: int
+    mpp: float | None
+    workdir: tempfile.TemporaryDirectory | None = None
+
+    def level0(self) -> np.ndarray:
+        """The labels nearest-resized to exactly the requested level-0 region (h, w)."""
+        x, y, w, h = self.region
+        dy, dx = self.downsample
+        iy = np.clip(((y + np.arange(h) + 0.5) / dy).astype(np.int64) - self.box[0], 0,
+                     self.labels.shape[0] - 1)
+        ix = np.clip(((x + np.arange(w) + 0.5) / dx).astype(np.int64) - self.box[1], 0,
+                     self.labels.shape[1] - 1)
+        return np.asarray(self.labels)[np.ix_(iy, ix)]
+
+    def close(self) -> None:
+        if self.workdir is not None:
+            self.labels = np.zeros((0, 0), np.int32)
+            self.workdir.cleanup()
+            self.workdir = None
+
+
+def parse_region(text: str) -> tuple[int, int, int, int]:
+    """``"X,Y,W,H"`` (level-0 pixels) -> ints; a clear error otherwise."""
+    try:
+        x, y, w, h = (int(float(v)) for v in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"region {text!r}: expected X,Y,W,H in level-0 pixels, "
+                         "e.g. 1000,2000,1000,1000") from None
+    if w < 1 or h < 1 or x < 0 or y < 0:
+        raise ValueError(f"region {text!r}: X and Y must be >= 0 and W, H >= 1")
+    return x, y, w, h
+
+
+@contextlib.contextmanager
+def _at_scale(model, scale: float):
+    """The model resizing by ``scale`` for a while (the slide level already did part of it)."""
+    c = getattr(model, "config", None)
+    if c is None or not hasattr(c, "scale") or getattr(c, "resize_to", None) \
+            or abs(scale - model_scale(model)) < 1e-9:
+        yield
+        return
+    old = c.scale
+    c.scale = float(scale)
+    try:
+        yield
+    finally:
+        c.scale = old
+
+
+def tissue_mask(slide: Slide, box, level: int) -> tuple[np.ndarray, float]:
+    """Boolean tissue mask of ``box`` (level coords) from the coarsest level, and its
+    downsample relative to ``level``: saturated or darker-than-glass pixels, dilated."""
+    from scipy import ndimage as ndi
+
+    top = len(slide.levels) - 1
+    f = min(slide.downsamples[top]) / min(slide.downsamples[level])
+    y0, x0, y1, x1 = box
+    t = slide.read(top, int(y0 / f), int(x0 / f), math.ceil(y1 / f), math.ceil(x1 / f))
+    t = t.astype(np.float32) / (255.0 if t.dtype == np.uint8 else float(max(1, t.max())))
+    if t.ndim == 3 and t.shape[2] >= 3:
+        sat = t[..., :3].max(-1) - t[..., :3].min(-1)
+        tissue = (sat > 0.07) | (t[..., :3].mean(-1) < 0.8)
+    else:
+        g = t if t.ndim == 2 else t[..., 0]
+        tissue = g < 0.8
+    return ndi.binary_dilation(tissue, iterations=2), f
+
+
+def _instance_split(d: float):
+    """binary_to_instances with its pixel sizes (set at full resolution) scaled to the level."""
+    from .instances import binary_to_instances
+
+    return lambda m: binary_to_instances(m, min_size=max(2, round(10 / d ** 2)),
+                                         min_distance=max(1, round(3 / d)), h=1.5 / max(d, 1))
+
+
+def iter_segment_slide(model, slide: Slide, text: str | None = None, *, region=None,
+                       level: int | None = None, threshold: float = 0.5,
+                       instances: bool = False, block: int = 2048, halo: int | None = None,
+                       tissue: bool = False, should_stop: Callable[[], bool] | None = None,
+                       name: str = "", workdir=None):
+    """Progress generator of :class:`SlideLabels` for ``region`` (x, y, w, h level-0 pixels;
+    None = the whole slide), or None when stopped.
+
+    ``level``: pyramid level to read (None = the one closest to the model's working scale,
+    :func:`slides.choose_level`). ``block``: core side in level pixels; areas above it are
+    streamed with ``halo`` pixels of context per side (default: two model tiles). ``tissue``:
+    skip blocks with no tissue on the coarsest level. Events: ``Progress("predict", block,
+    blocks)`` then ``Progress("instances", …)``.
+    """
+    from .largeimage import lazy_image
+    from .prediction import iter_predict
+
+    s = model_scale(model)
+    if level is None:
+        level, s_lvl = choose_level(slide, s, model_mpp(model))
+    else:
+        if not 0 <= level < len(slide.levels):
+            raise ValueError(f"{slide.path}: level {level} does not exist "
+                             f"(0..{len(slide.levels) - 1})")
+        s_lvl = s * min(slide.downsamples[level])
+    dy, dx = slide.downsamples[level]
+    h0, w0 = slide.shapes[0]
+    hl, wl = slide.shapes[level]
+    x, y, w, h = region if region is not None else (0, 0, w0, h0)
+    if x >= w0 or y >= h0:
+        raise ValueError(f"{slide.path}: region {x},{y},{w},{h} lies outside the slide "
+                         f"({w0}x{h0} level-0 pixels)")
+    w, h = min(w, w0 - x), min(h, h0 - y)
+    by0, bx0 = int(y / dy), int(x / dx)
+    by1, bx1 = min(hl, max(by0 + 1, math.ceil((y + h) / dy))), \
+        min(wl, max(bx0 + 1, math.ceil((x + w) / dx)))
+    bh, bw = by1 - by0, bx1 - bx0
+    ws = getattr(getattr(model, "config", None), "working_size", None) or 256
+    halo = int(halo if halo is not None else min(block // 2, math.ceil(2 * ws / max(s_lvl, 1e-3))))
+    split = _instance_split(min(dy, dx)) if instances else None
+    tmp = None
+    if bh * bw <= block * block:
+        mask = np.zeros((bh, bw), np.uint8)
+        labels = None
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="textdiff-slide-", dir=workdir)
+        mask = np.lib.format.open_memmap(Path(tmp.name) / "mask.npy", "w+", np.uint8, (bh, bw))
+        labels = None if not instances else np.lib.format.open_memmap(
+            Path(tmp.name) / "labels.npy", "w+", np.int32, (bh, bw))
+    try:
+        from .stitching import block_grid, iter_label_blocks
+
+        cores = block_grid(bh, bw, block) if tmp is not None else [(0, 0, bh, bw)]
+        keep = None
+        if tissue and tmp is not None:
+            keep, f = tissue_mask(slide, (by0, bx0, by1, bx1), level)
+        with _at_scale(model, s_lvl):
+            for i, (cy0, cx0, cy1, cx1) in enumerate(cores):
+                if keep is not None and not keep[int(cy0 / f):math.ceil(cy1 / f),
+                                                 int(cx0 / f):math.ceil(cx1 / f)].any():
+                    yield Progress("predict", i + 1, len(cores), message=f"{name} (background)")
+                    continue
+                ry0, rx0 = max(0, cy0 - halo), max(0, cx0 - halo)
+                ry1, rx1 = min(bh, cy1 + halo), min(bw, cx1 + halo)
+                # normalised as a plain image file is (core.largeimage), tile by tile
+                img = lazy_image(slide.read(level, by0 + ry0, bx0 + rx0, by0 + ry1, bx0 + rx1),
+                                 channels=getattr(model, "channels", None), name=name)
+                gen = iter_predict(model, img, text, should_stop=should_stop, name=name)
+                try:
+                    while True:
+                        ev = next(gen)
+                        if len(cores) == 1:          # tiles done/total, as for an image
+                            yield ev
+                        else:
+                            yield Progress("predict", i, len(cores), message=f"{name} block "
+                                           f"{i + 1}/{len(cores)}: tile {ev.step}/{ev.total}")
+                except StopIteration as stop:
+                    prob = stop.value
+                if prob is None:
+                    if tmp is not None:
+                        tmp.cleanup()
+                    return None
+                core = prob[cy0 - ry0:cy1 - ry0, cx0 - rx0:cx1 - rx0] >= threshold
+                mask[cy0:cy1, cx0:cx1] = core
+                del img, prob
+        if tmp is None:
+            from .instances import relabel_sequential
+
+            labels = split(mask) if split is not None else mask.astype(np.int32)
+            labels = relabel_sequential(labels) if split is not None else labels
+            n = int(labels.max())
+        elif split is None:                 # binary output: the mask itself
+            labels, n = mask, int(any(mask[r:r + 1024].any() for r in range(0, bh, 1024)))
+        else:
+            n = yield from iter_label_blocks(mask, labels, block=block, halo=halo,
+                                             split=split, should_stop=should_stop,
+                                             message=name)
+            if n is None:
+                del mask, labels
+                tmp.cleanup()
+                return None
+    except BaseException:
+        if tmp is not None:
+            tmp.cleanup()
+        raise
+    return SlideLabels(labels, level, (dy, dx), (by0, bx0, by1, bx1), (x, y, w, h), n,
+                       slide.mpp, tmp)
