@@ -14,7 +14,7 @@ def test_manifest_validates_and_every_python_name_imports():
     pm = npe2.PluginManifest.from_file(MANIFEST)      # validates the schema
     assert pm.name == "napari-textdiff"
     names = [c.python_name for c in pm.contributions.commands]
-    assert len(names) == 11
+    assert len(names) == 12          # + the QuPath GeoJSON writer (issue 21)
     for pn in names:
         mod, attr = pn.split(":")
         assert callable(getattr(importlib.import_module(mod), attr)), pn

@@ -5,6 +5,10 @@ Descriptions come with the images: from a sidecar ``<stem>.json`` (what our writ
 folder has a known layout (MoNuSeg/LViT, BUSI, chest X-ray, images/+masks/; see
 ``core.datasets``) — in that case the masks are opened too, as Labels layers. A labels file
 saved by our writer (sidecar with ``"kind": "labels"``) opens as a Labels layer again.
+
+Whole slides (pyramidal TIFF, SVS, NDPI, OME-TIFF) open as multiscale layers of dask arrays
+(``core.slides``: nothing decoded until napari draws it), scaled in µm when the file gives
+its pixel size; QuPath GeoJSON opens as Labels (``_slides_io``).
 """
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ import numpy as np
 
 __all__ = ["get_reader", "read_paths", "SUFFIXES"]
 
-SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".svs", ".ndpi",
+            ".btf", ".geojson")
 
 
 def _readable(p: Path) -> bool:
@@ -97,8 +102,14 @@ def _labels_layer(mask: np.ndarray, name: str, meta: dict) -> tuple:
 
 
 def _read_file(p: Path, info: dict | None = None) -> tuple:
+    from ._slides_io import geojson_layer, is_slide, slide_layer
+
+    if p.suffix.lower() == ".geojson":
+        return geojson_layer(p)
     side = _sidecar(p)
     info = {**(info or {}), **side}
+    if is_slide(p):
+        return slide_layer(p, info)
     if side.get("kind") == "labels":
         from .core.io import read_mask
 

@@ -195,8 +195,9 @@ def model_mpp(model) -> float | None:
 
 
 def choose_level(slide: Slide, scale: float, model_um: float | None = None) -> tuple[int, float]:
-    """``(level, scale_at_level)``: the coarsest level not coarser than the model's working
-    resolution, and the remaining resize factor there.
+    """``(level, scale_at_level)``: the coarsest level not more than 10 % coarser than the
+    model's working resolution (4x pyramids: 40x level 0 -> the 10x level for a model working
+    at 1/3.9), and the remaining resize factor there.
 
     The model resizes its input by ``scale``; with both the slide's and the model's µm/pixel
     known, the target also corrects for a slide scanned at another magnification.
@@ -206,7 +207,7 @@ def choose_level(slide: Slide, scale: float, model_um: float | None = None) -> t
         target = (model_um / scale) / slide.mpp
     best = 0
     for i, (dy, dx) in enumerate(slide.downsamples):
-        if min(dy, dx) <= target * 1.02:
+        if min(dy, dx) <= target * 1.10:
             best = i if min(dy, dx) > min(slide.downsamples[best]) else best
     d = min(slide.downsamples[best])
     return best, d / target

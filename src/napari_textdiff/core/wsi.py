@@ -121,7 +121,8 @@ def iter_segment_slide(model, slide: Slide, text: str | None = None, *, region=N
 
     ``level``: pyramid level to read (None = the one closest to the model's working scale,
     :func:`slides.choose_level`). ``block``: core side in level pixels; areas above it are
-    streamed with ``halo`` pixels of context per side (default: two model tiles). ``tissue``:
+    streamed with ``halo`` pixels of context per side (default: the model's tile overlap,
+    at least 64). ``tissue``:
     skip blocks with no tissue on the coarsest level. Events: ``Progress("predict", block,
     blocks)`` then ``Progress("instances", …)``.
     """
@@ -148,8 +149,12 @@ def iter_segment_slide(model, slide: Slide, text: str | None = None, *, region=N
     by1, bx1 = min(hl, max(by0 + 1, math.ceil((y + h) / dy))), \
         min(wl, max(bx0 + 1, math.ceil((x + w) / dx)))
     bh, bw = by1 - by0, bx1 - bx0
-    ws = getattr(getattr(model, "config", None), "working_size", None) or 256
-    halo = int(halo if halo is not None else min(block // 2, math.ceil(2 * ws / max(s_lvl, 1e-3))))
+    # context per side: the model's tile overlap (its blending already discounts tile edges
+    # there) in level pixels; instances larger than the halo are re-read whole (stitching)
+    cfg = getattr(model, "config", None)
+    ov = getattr(cfg, "tile_overlap", None) or (getattr(cfg, "working_size", None) or 256) // 4
+    halo = int(halo if halo is not None else min(block // 2,
+                                                 max(64, math.ceil(ov / max(s_lvl, 1e-3)))))
     split = _instance_split(min(dy, dx)) if instances else None
     tmp = None
     if bh * bw <= block * block:
