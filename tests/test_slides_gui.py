@@ -1,0 +1,60 @@
+"""Slides in napari without Qt (ViewerModel): the field of view and drawn shapes become
+level-0 regions, and the region's labels land exactly over the slide (µm scale)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import FakeModel
+from test_slides import MPP, _discs, _write_slide
+
+
+@pytest.fixture(scope="module")
+def small_slide(tmp_path_factory):
+    img, centers = _discs(1536, 1792, seed=3)
+    return _write_slide(tmp_path_factory.mktemp("gslide") / "g.tif", img), img, centers
+
+
+def _viewer_with(path):
+    from napari.components import ViewerModel
+
+    from napari_textdiff._reader import read_paths
+
+    v = ViewerModel()
+    [(data, kw, _kind)] = read_paths(str(path))
+    return v, v.add_image(data, **kw)
+
+
+def test_shapes_and_view_become_level0_regions(small_slide):
+    from napari_textdiff.widgets.region import shape_regions, view_region
+
+    v, layer = _viewer_with(small_slide[0])
+    assert tuple(layer.scale[-2:]) == (MPP, MPP)
+    shapes = v.add_shapes([np.array([[100, 50], [100, 150], [200, 150], [200, 50]]) * 1.0],
+                          shape_type="polygon")              # world units: µm
+    [(region, poly)] = shape_regions(shapes, layer)
+    assert region == (200, 400, 400, 400)                    # x, y, w, h in level-0 pixels
+    assert poly[:, 0].min() == 200 and poly[:, 1].max() == 800
+    layer.corner_pixels = np.array([[10, 20], [60, 90]])     # as the canvas sets it
+    layer._data_level = 2                                    # the 4x level is on screen
+    assert view_region(layer) == (80, 40, 284, 204)
+
+
+def test_region_job_labels_sit_over_the_slide(small_slide):
+    from napari_textdiff.core.progress import run
+    from napari_textdiff.widgets.region import add_region_labels, region_job
+
+    v, layer = _viewer_with(small_slide[0])
+    x, y, w, h = 300, 260, 500, 400
+    poly = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], float)
+    r = run(region_job(lambda: FakeModel(1.0, channels=3), small_slide[0], "g",
+                       region=(x, y, w, h), polygon=poly, threshold=0.5, split=True))
+    lab_layer = add_region_labels(v, layer, r)
+    img = small_slide[1]
+    for cy, cx in small_slide[2]:
+        if y + 20 < cy < y + h - 20 and x + 20 < cx < x + w - 20:
+            world = layer.data_to_world((cy, cx))
+            iy, ix = np.round(lab_layer.world_to_data(world)).astype(int)
+            assert lab_layer.data[iy, ix] > 0, (cy, cx)      # a nucleus centre is labelled
+            assert img[cy, cx, 0] > 200
+    assert lab_layer.metadata["mpp"] == MPP
+    assert r.objects == len(np.unique(r.labels)) - 1
