@@ -82,10 +82,18 @@ def segment_slide(p: Path, stem: str, model, text, args, out: Path, thr: float,
     t3 = time.monotonic()
     try:
         x, y, w, h = res.region
+        if region is not None and (w, h) != tuple(region[2:]):
+            print(f"note: {p.name}: region {args.region} reaches past the slide "
+                  f"({slide.shapes[0][1]}x{slide.shapes[0][0]}); segmented {x},{y},{w},{h}",
+                  file=sys.stderr)
         dst = out / f"{stem}_mask.{args.format}"
-        if w * h <= 4096 * 4096 or args.format == "png":
+        if w * h <= 4096 * 4096:
             dst = io.write_mask(dst, res.level0())
-        else:
+        else:                       # never one giant array: a tiled pyramid (TIFF only)
+            if dst.suffix != ".tif":
+                dst = dst.with_suffix(".tif")
+                print(f"note: {p.name}: {w}x{h} labels are written as a tiled pyramidal "
+                      f"TIFF ({dst.name}), not PNG", file=sys.stderr)
             dst = write_label_pyramid(dst, res)
         row = {"image": str(p), "mask": str(dst), "height": h, "width": w,
                "region": [x, y, w, h], "level": res.level, "mpp": res.mpp,
