@@ -299,3 +299,22 @@ def test_stop_returns_none_and_removes_work_files(slide, tmp_path):
                                  should_stop=lambda: calls.append(1) or len(calls) > 3))
     assert res is None
     assert not list(tmp_path.iterdir())
+
+
+def test_tissue_detection_skips_glass(tmp_path):
+    from napari_textdiff.core.progress import run
+    from napari_textdiff.core.slides import open_slide
+    from napari_textdiff.core.wsi import iter_segment_slide
+
+    img = np.full((1024, 1024, 3), 245, np.uint8)             # glass
+    img[:400, :400] = (200, 120, 180)                          # tissue in one corner only
+    img[100:130, 100:130] = (250, 60, 200)                     # a bright-red "nucleus"
+    s = open_slide(_write_slide(tmp_path / "glass.tif", img))
+    events = []
+    res = run(iter_segment_slide(FakeModel(1.0, channels=3), s, level=0, threshold=0.97,
+                                 block=256, tissue=True), callback=events.append)
+    skipped = [e for e in events if "(background)" in e.message]
+    assert len(skipped) == 16 - 4                              # only the tissue blocks ran
+    lab = res.level0()
+    assert lab[115, 115] == 1 and lab[600:, 600:].max() == 0
+    res.close()
