@@ -58,3 +58,16 @@ def test_region_job_labels_sit_over_the_slide(small_slide):
             assert img[cy, cx, 0] > 200
     assert lab_layer.metadata["mpp"] == MPP
     assert r.objects == len(np.unique(r.labels)) - 1
+
+
+def test_resolve_area_for_the_segment_panel(small_slide):
+    from napari_textdiff.widgets.region import resolve_area
+
+    v, layer = _viewer_with(small_slide[0])
+    assert resolve_area(v, layer, "slide") == (None, None)
+    with pytest.raises(ValueError, match="Shapes layer"):
+        resolve_area(v, layer, "shapes")
+    v.add_shapes([np.array([[10.0, 10.0], [10.0, 20.0], [30.0, 20.0], [30.0, 10.0]])],
+                  shape_type="rectangle")
+    region, poly = resolve_area(v, layer, "shapes")
+    assert region == (40, 40, 40, 80) and poly.shape == (4, 2)

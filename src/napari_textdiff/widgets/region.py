@@ -17,7 +17,8 @@ import numpy as np
 from ..core.progress import Progress
 
 __all__ = ["is_slide_layer", "view_region", "shape_regions", "region_job", "RegionLabels",
-           "labels_layer_kwargs", "add_region_labels"]
+           "labels_layer_kwargs", "add_region_labels", "resolve_area", "start_region_segmentation",
+           "AREAS"]
 
 
 def is_slide_layer(layer) -> bool:
@@ -137,3 +138,58 @@ def add_region_labels(viewer, image_layer, r: RegionLabels):
         layer.metadata.update(kw["metadata"])
         return layer
     return viewer.add_labels(r.labels, name=name, **kw)
+
+
+AREAS = ("view", "shapes", "slide")      # what the Segment panel offers for a slide layer
+
+
+def resolve_area(viewer, layer, area: str):
+    """(region, polygon) for ``area``: "view" = the field of view, "shapes" = the last shape
+    of the selected (else topmost) Shapes layer, "slide" = the whole slide (None, None)."""
+    if area == "slide":
+        return None, None
+    if area == "view":
+        return view_region(layer), None
+    if area != "shapes":
+        raise ValueError(f"area must be one of {AREAS}, got {area!r}")
+    from napari.layers import Shapes
+
+    active = viewer.layers.selection.active
+    shapes = active if isinstance(active, Shapes) else next(
+        (ly for ly in reversed(list(viewer.layers)) if isinstance(ly, Shapes)), None)
+    regions = shape_regions(shapes, layer) if shapes is not None else []
+    if not regions:
+        raise ValueError("draw a rectangle or polygon over the slide in a Shapes layer first")
+    return regions[-1]
+
+
+def start_region_segmentation(w, layer, area: str = "view", on_finish=None) -> bool:
+    """Run :func:`region_job` from a JobWidget ``w`` (the Segment panel: its session's model,
+    threshold and instance splitting, its progress bar and Stop); labels go to
+    ``<layer>_labels`` placed over the slide."""
+    from ._layers import description_of
+
+    viewer, session = w.viewer, w.session
+    try:
+        region, polygon = resolve_area(viewer, layer, area)
+    except ValueError as e:
+        w.status.setText(str(e))
+        return False
+
+    def on_event(ev):
+        w.show_progress(w.progress, ev)
+        if isinstance(ev.payload, RegionLabels) and layer in viewer.layers:
+            add_region_labels(viewer, layer, ev.payload)
+            w.status.setText(f"{layer.name}: {ev.payload.objects} objects "
+                             f"({session.model_label})")
+
+    def on_error(err):
+        w.status.setText(f"error: {err}")
+
+    return w.start_job(
+        lambda: region_job(session.ensure_model, layer.metadata["source_path"], layer.name,
+                           description_of(layer), region=region, polygon=polygon,
+                           threshold=session.threshold, split=session.split,
+                           should_stop=w.should_stop),
+        what="Slide segmentation", on_event=on_event, on_done=lambda _r: None,
+        on_error=on_error, on_finish=on_finish)
