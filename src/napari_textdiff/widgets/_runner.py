@@ -181,6 +181,9 @@ class JobWidget(QWidget):
         from napari.qt.threading import create_worker
 
         def drain():
+            from ._session import wait_warm
+
+            wait_warm()
             try:
                 return (yield from gen_fn())
             finally:

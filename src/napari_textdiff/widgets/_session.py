@@ -22,13 +22,46 @@ from qtpy.QtCore import QObject, Signal
 
 from ..core import defaults
 
-__all__ = ["Session", "get_session", "real_viewer", "DEFAULT_SOURCE", "DEVICES"]
+__all__ = ["Session", "get_session", "real_viewer", "wait_warm", "DEFAULT_SOURCE", "DEVICES"]
 
 DEFAULT_SOURCE = "default"          # model source meaning "the bundled model of the modality"
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 FEATURE_MEMO_MB = 1024              # RAM for remembered diffusion features (then disk)
 
 _SESSIONS: dict[int, tuple[weakref.ref, "Session"]] = {}
+_WARM = threading.Event()
+_WARM_STARTED = threading.Lock()
+
+
+def _warm_up() -> None:
+    """Import the heavy libraries once, in a background thread, when the first panel opens.
+
+    Importing torch holds Python's GIL for seconds: done at the first Segment it froze the
+    GUI thread then. Jobs call :func:`wait_warm` in their worker thread first, so no job
+    imports concurrently with the warm-up. Only plain modules are warmed: diffusers' and
+    transformers' lazy modules are not safe to import from two threads at once.
+    """
+    try:
+        import torch  # noqa: F401
+        import safetensors.torch  # noqa: F401
+        import scipy.ndimage  # noqa: F401
+        import skimage.segmentation  # noqa: F401
+        import skimage.transform  # noqa: F401
+    except Exception:  # noqa: BLE001 - a job will import again and report the real error
+        pass
+    finally:
+        _WARM.set()
+
+
+def start_warm_up() -> None:
+    if _WARM_STARTED.acquire(blocking=False):
+        threading.Thread(target=_warm_up, name="napari-textdiff warm-up", daemon=True).start()
+
+
+def wait_warm(timeout: float = 120.0) -> None:
+    """In a worker thread: wait until the warm-up imports are done (no-op if never started)."""
+    if _WARM_STARTED.locked():
+        _WARM.wait(timeout)
 
 
 def real_viewer(viewer):
@@ -82,6 +115,7 @@ class Session(QObject):
             from ._layers import track_corrections
 
             track_corrections(viewer)
+            start_warm_up()
 
     # -- the running job -------------------------------------------------------------------------
     def try_begin(self, what: str) -> bool:

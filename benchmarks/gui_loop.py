@@ -1,0 +1,111 @@
+"""The loop as a user runs it, timed: Segment → correct → Fine-tune → re-Segment in napari.
+
+Opens a shown viewer (run under Xvfb: ``xvfb-run -a .venv/bin/python benchmarks/gui_loop.py``),
+docks the panels exactly as napari does (``add_plugin_dock_widget``), opens the histology
+sample, and drives the visible buttons with the bundled histology model:
+
+1. Segment the sample; 2. "correct" it (the ground truth painted in through the labels
+layer's history, as a brush would); 3. Fine-tune (library defaults, no re-segmentation);
+4. Segment again.
+
+For each job it reports the wall seconds and the GUI thread's largest stall: a 50 ms QTimer
+records its tick gaps while the job runs; a gap of G ms means the GUI could not react for
+about G − 50 ms. ``--no-memo`` turns the feature memo off (diffusion features recomputed for
+every job) to show what it saves. Writes JSON to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="docs/benchmarks/gui_loop.json")
+    p.add_argument("--no-memo", action="store_true", help="recompute features every job")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tune epochs (default: library)")
+    a = p.parse_args(argv)
+
+    import napari
+    import numpy as np
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_textdiff.widgets import _session
+
+    if a.no_memo:
+        _session.FEATURE_MEMO_MB = 0
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    _, seg = viewer.window.add_plugin_dock_widget("napari-textdiff", "Segment")
+    _, ft = viewer.window.add_plugin_dock_widget("napari-textdiff", "Fine-tune")
+    viewer.open_sample("napari-textdiff", "histology")
+    image = viewer.layers["histology_sample"]
+    gt = viewer.layers["histology_sample ground truth"]
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append((now - last[0]) * 1000)
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(50)
+
+    def run_job(widget, start) -> dict:
+        for _ in range(5):
+            app.processEvents()
+        gaps.clear()
+        last[0] = time.perf_counter()
+        t0 = time.perf_counter()
+        start()
+        while widget.running:
+            app.processEvents()
+            time.sleep(0.005)
+        secs = time.perf_counter() - t0
+        for _ in range(3):
+            app.processEvents()
+        err = widget.last_error
+        return {"seconds": round(secs, 2), "max_gap_ms": round(max(gaps or [0.0]), 1),
+                "stall_ms": round(max(0.0, max(gaps or [0.0]) - 50), 1),
+                "ticks": len(gaps), "error": None if err is None else str(err)}
+
+    res: dict = {"memo": not a.no_memo, "jobs": {}}
+    viewer.layers.selection.active = image
+    res["jobs"]["segment"] = run_job(seg, seg.run_button.click)
+    lab = viewer.layers["histology_sample_labels"]
+    want = (np.asarray(gt.data) > 0).astype(lab.data.dtype)
+    idx = np.nonzero(np.asarray(lab.data) != want)
+    with lab.block_history():           # one stroke, as napari's brush commits it
+        lab.data_setitem(idx, want[idx])
+    ft.refresh()
+    if a.epochs:
+        ft.epochs.setValue(a.epochs)
+    ft.resegment.setChecked(False)
+    res["corrected_listed"] = ft.checked_pairs()
+    res["jobs"]["finetune"] = run_job(ft, ft.start_button.click)
+    viewer.layers.selection.active = image
+    seg.confirm = lambda *a: True       # "replace the corrected labels?" → yes
+    res["jobs"]["resegment"] = run_job(seg, seg.run_button.click)
+    res["model"] = seg.session.model_label
+    res["fine_tune_epochs"] = ft.epochs.value()
+    memo = next(iter(seg.session._memos.values()), None)
+    res["feature_memo"] = memo.stats() if memo is not None else None
+    timer.stop()
+    viewer.close()
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    old["with_memo" if res["memo"] else "without_memo"] = res
+    out.write_text(json.dumps(old, indent=1))
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
