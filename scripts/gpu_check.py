@@ -208,7 +208,7 @@ def oom(args) -> dict:
 
     dev = args.device
     m = load_model(MODELS / "histology.safetensors", device=dev)
-    img = _blobs(1, 256 if args.small else 1536, seed=5)[0].image
+    img = _blobs(1, 2000 if args.small else 4096, seed=5)[0].image   # 9 / 25 tiles at 0.256
     text = "the nuclei density is high"
     big = 4 if args.small else 16
     res = {"tile_batch": big, "simulated": not dev.startswith("cuda")}
