@@ -51,6 +51,13 @@ def _component(mask, gy: int, gx: int, box, h: int, w: int):
         x1 = min(w, x1 + gw) if grow[3] else x1
 
 
+def _holds(rec, gy: int, gx: int) -> bool:
+    """Whether the grown component ``rec`` (origin y, x, crop, bbox slices) has (gy, gx)."""
+    oy, ox, sub, sl = rec
+    ry, rx = gy - oy - sl[0].start, gx - ox - sl[1].start
+    return 0 <= ry < sub.shape[0] and 0 <= rx < sub.shape[1] and bool(sub[ry, rx])
+
+
 def iter_label_blocks(mask, out, block: int = 2048, halo: int = 64,
                       split: Callable[[np.ndarray], np.ndarray] | None = None,
                       should_stop: Callable[[], bool] | None = None, message: str = ""):
@@ -66,6 +73,7 @@ def iter_label_blocks(mask, out, block: int = 2048, halo: int = 64,
     h, w = int(mask.shape[0]), int(mask.shape[1])
     cores = block_grid(h, w, block)
     next_id = 1
+    grown: list = []                     # components read whole (each read once)
     for i, (y0, x0, y1, x1) in enumerate(cores):
         if should_stop is not None and should_stop():
             return None
@@ -86,8 +94,13 @@ def iter_label_blocks(mask, out, block: int = 2048, halo: int = 64,
             touches = ((sl[0].start == 0 and wy0 > 0) or (sl[0].stop == win.shape[0] and wy1 < h)
                        or (sl[1].start == 0 and wx0 > 0) or (sl[1].stop == win.shape[1] and wx1 < w))
             oy, ox = wy0, wx0
-            if touches:                  # reaches past the halo: read it whole
-                oy, ox, sub, sl = _component(mask, gy, gx, (wy0, wx0, wy1, wx1), h, w)
+            if touches:                  # reaches past the halo: read it whole (once)
+                hit = next((r for r in grown if _holds(r, gy, gx)), None)
+                if hit is None:
+                    oy, ox, sub, sl = _component(mask, gy, gx, (wy0, wx0, wy1, wx1), h, w)
+                    hit = (oy, ox, sub, sl)
+                    grown.append(hit)
+                oy, ox, sub, sl = hit
                 ay, ax = oy + sl[0].start, ox + sl[1].start + int(np.argmax(sub[0]))
                 if not (y0 <= ay < y1 and x0 <= ax < x1):
                     continue             # its true anchor lies in another block's core
