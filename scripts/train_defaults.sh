@@ -22,10 +22,14 @@ backbone)   # DDPM pretraining on every unlabeled image we have (resumable: re-r
     --device "$DEVICE" --out "$RUNS"/backbone-small ;;
 export)     # ship the EMA backbone as fp16 (loaded back as float32)
   .venv/bin/python scripts/export_backbone.py "$RUNS"/backbone-small "$M"/backbone ;;
-histology)  # TextDiff head for nuclei at a fixed scale of 0.256 (MoNuSeg 1000² -> 256², the paper's scale)
-  $NT textdiff fit "$D"/monuseg --split Train_Folder --shots "${TD_SHOTS:-10}" --seed 0 \
-    --val "$D"/monuseg --val-split Val_Folder --backbone "$M"/backbone --scale 0.256 \
-    --epochs "${TD_EPOCHS:-20}" --calibrate --device "$DEVICE" --out "$M"/histology.safetensors ;;
+histology)  # TextDiff light head (issue 16): bundled-backbone taps (UNet at 1/4 native) + classic
+            # filter bank at scale 0.5, all 30 MoNuSeg images; k-fold CV picks the epoch count and
+            # the threshold (out-of-fold, native resolution), then the head is refit on all 30
+  .venv/bin/python benchmarks/td_issue16.py cv --folds "${TD_FOLDS:-3}" --set scale=0.5 --set features=both \
+    --set diffusion_scale=0.5 --set working_size=512 --set epochs="${TD_EPOCHS:-8}" --tag CV_hist
+  .venv/bin/python benchmarks/td_issue16.py final --cv-tag CV_hist --set scale=0.5 --set features=both \
+    --set diffusion_scale=0.5 --set working_size=512 --tag FINAL_hist --save "$RUNS"/histology.safetensors \
+    --ship "$M"/histology.safetensors ;;
 xray)       # TextDiff head for lung lesions (ground glass ∪ consolidation) guided by the notes
   $NT textdiff fit "$D"/xray --shots "${XR_SHOTS:-8}" --seed 0 --val-fraction 0.25 --backbone "$M"/backbone \
     --resize-to 256 --epochs "${TD_EPOCHS:-10}" --calibrate --device "$DEVICE" --out "$M"/xray.safetensors ;;
