@@ -71,3 +71,32 @@ def test_resolve_area_for_the_segment_panel(small_slide):
                   shape_type="rectangle")
     region, poly = resolve_area(v, layer, "shapes")
     assert region == (40, 40, 40, 80) and poly.shape == (4, 2)
+
+
+@pytest.mark.gui
+def test_segment_panel_streams_a_drawn_region_of_a_slide(small_slide, viewer, qtbot,
+                                                          tiny_mgcc_path, monkeypatch):
+    """The Segment panel never reads a slide's level 0 whole: a slide layer goes through
+    widgets.region (here a rectangle drawn in a Shapes layer)."""
+    from napari_textdiff._reader import read_paths
+    from napari_textdiff.widgets.segment import SegmentWidget
+
+    import dask.array as da
+
+    [(data, kw, _)] = read_paths(str(small_slide[0]))
+    layer = viewer.add_image(data, **kw)
+    viewer.add_shapes([np.array([[50.0, 60.0], [50.0, 110.0], [90.0, 110.0], [90.0, 60.0]])],
+                      shape_type="rectangle")
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.set_model_file(tiny_mgcc_path)
+    w.device.setCurrentText("cpu")
+    w.slide_area = "shapes"
+    monkeypatch.setattr(da.Array, "__array__", lambda *a, **k: pytest.fail("level read whole"))
+    assert w.run([layer])
+    qtbot.waitUntil(lambda: not w.running, timeout=60000)
+    assert w.last_error is None, w.last_error
+    lab = viewer.layers[f"{layer.name}_labels"]
+    assert lab.data.shape == (160, 200)                      # 40x50 µm at 0.25 µm/pixel
+    np.testing.assert_allclose(lab.translate, (50.0, 60.0))   # over the slide, in µm
+    assert "objects" in w.status.text()

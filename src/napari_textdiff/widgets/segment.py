@@ -155,6 +155,16 @@ class SegmentWidget(JobWidget):
         if not layers:
             self.notify_info("napari-textdiff: select a 2-D image layer to segment.")
             return False
+        from .region import is_slide_layer, start_region_segmentation
+
+        slides = [ly for ly in layers if is_slide_layer(ly)]
+        if slides:           # a lazy pyramid: a region streamed, never the whole level 0 read
+            self._set_running(True)
+            ok = start_region_segmentation(self, slides[0], getattr(self, "slide_area", "view"),
+                                           on_finish=lambda: self._set_running(False))
+            if not ok:
+                self._set_running(False)
+            return ok
         return self.segment_layers(layers)
 
     def segment_layers(self, layers, *, what: str = "Segmentation", on_finish=None) -> bool:
