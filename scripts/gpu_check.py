@@ -207,8 +207,21 @@ def oom(args) -> dict:
     from napari_textdiff.core.models import load_model
 
     dev = args.device
-    m = load_model(MODELS / "histology.safetensors", device=dev)
-    img = _blobs(1, 2000 if args.small else 4096, seed=5)[0].image   # 9 / 25 tiles at 0.256
+    if args.small:   # dry run: a tiny untrained TextDiff (same tiling and OOM path, fast on a CPU)
+        import tempfile
+
+        from napari_textdiff.core.textdiff.config import TextDiffConfig
+        from napari_textdiff.core.textdiff.features import random_backbone
+        from napari_textdiff.core.textdiff.model import TextDiffModel
+
+        bb = tempfile.mkdtemp(prefix="gpu-check-bb-")
+        random_backbone("tiny", sample_size=32).save_pretrained(bb)
+        m = TextDiffModel.create(TextDiffConfig(working_size=32, tile_overlap=8, scale=1.0,
+                                                steps=[50]), backbone=bb, device=dev)
+        img = _blobs(1, 96, seed=5)[0].image                        # 16 tiles of 32
+    else:
+        m = load_model(MODELS / "histology.safetensors", device=dev)
+        img = _blobs(1, 4096, seed=5)[0].image                      # 25 tiles at scale 0.256
     text = "the nuclei density is high"
     big = 4 if args.small else 16
     res = {"tile_batch": big, "simulated": not dev.startswith("cuda")}
