@@ -226,6 +226,7 @@ def _abandon_if_closed(window, control: JobControl, session) -> None:
         closed = True
     if closed:
         _abandon(control, session)
+        session.close()                 # the viewer is gone: free its models and features
 
 
 def _abandon(control: JobControl, session) -> None:

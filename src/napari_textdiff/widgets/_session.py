@@ -237,8 +237,14 @@ class Session(QObject):
         """Replace the current model by a saved snapshot (the state before a fine-tune)."""
         from ..core.models import load_model
 
+        from ..core.device import release
+
         key = self.current_key()
-        self.models[key] = self._remember_features(load_model(snapshot, device=self.device))
+        release(self.models.pop(key, None))      # free its (GPU) memory before loading
+        model = self._remember_features(load_model(snapshot, device=self.device))
+        if hasattr(model, "to"):             # the shared memo may sit on another device
+            model = model.to(self.device)
+        self.models[key] = model
         snaps = self.snapshots
         if snapshot in snaps:
             del snaps[snaps.index(snapshot):]
@@ -251,6 +257,12 @@ class Session(QObject):
         self.model_changed.emit(self.model_label)
 
     def close(self) -> None:
+        """Drop the loaded models and remembered features (the viewer is closing)."""
+        from ..core.device import release
+
         for memo in self._memos.values():
             memo.close()
         self._memos = {}
+        models, self.models = list(self.models.values()), {}
+        if models:
+            release(*models)

@@ -85,11 +85,14 @@ class MGCCModel:
         was_training = self.net.training
         self.net.eval()
         try:
-            with autocast(self.device):
-                logits, bott = self.net.forward_with_bottleneck(
-                    normalize_input(images.to(self.device)))
+            x = normalize_input(images.to(self.device))
+            with autocast(self.device):     # nets without a bottleneck (the U-Net baseline)
+                if hasattr(self.net, "forward_with_bottleneck"):
+                    logits, bott = self.net.forward_with_bottleneck(x)
+                else:
+                    logits, bott = self.net(x), None
             prob = torch.sigmoid(logits.float())
-            if self.decision and self.inference == "resize":
+            if self.decision and self.inference == "resize" and bott is not None:
                 from .decision import apply_rule, image_features
 
                 prob = apply_rule(prob, self.decision, self.threshold,
