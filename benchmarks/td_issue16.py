@@ -291,12 +291,13 @@ def cmd_speed(args):
     over = parse_sets(args.set)
     m = make_model(over, None)
     ev = load_data(args.eval.split(",") if args.eval else None)[:args.n]
-    secs = []
+    secs, cpu = [], []
     for ex in ev:
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.process_time()
         m.predict_proba(ex.image, ex.text if m.uses_text else None)
         secs.append(time.monotonic() - t0)
-    log(args, {"cmd": "speed", "tag": args.tag, "set": over, "seconds": secs,
+        cpu.append(time.process_time() - c0)
+    log(args, {"cmd": "speed", "tag": args.tag, "set": over, "seconds": secs, "cpu": cpu,
                "threads": int(os.environ.get("TD_THREADS", "1"))})
 
 
