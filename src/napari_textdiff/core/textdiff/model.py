@@ -447,13 +447,18 @@ class TextDiffModel:
         self.meta["training"]["final_loss"] = hist["loss"][-1] if hist["loss"] else None
         return hist
 
-    def finetune(self, examples: Sequence[Example], *, epochs: int = 20, lr: float = 1e-4,
-                 should_stop=None, max_tiles_per_image: int | None = 4, **kw):
+    def finetune(self, examples: Sequence[Example], *, epochs: int | None = None,
+                 lr: float | None = None, should_stop=None,
+                 max_tiles_per_image: int | None = 4, **kw):
         """Continue training the head on a few corrected examples (progress generator).
 
         Starts from the current head; only ``max_tiles_per_image`` tiles per image (those with
         foreground first) are used so a few big images stay quick on a CPU.
         """
+        from ..finetune_defaults import finetune_defaults
+
+        d = finetune_defaults(KIND)
+        epochs, lr = epochs or d["epochs"], lr or d["lr"]
         examples = list(examples)
         if not examples:
             raise ValueError("finetune: no examples")
