@@ -36,6 +36,12 @@ class SegmentWidget(JobWidget):
         self.tiled = QCheckBox("tile large images")
         self.tiled.setChecked(True)
         self.all_images = QCheckBox("all images (else the selected one)")
+        self.slide_area_choice = QComboBox()      # what of a whole-slide image to segment
+        for text, key in (("visible field of view", "view"),
+                          ("shapes drawn in a Shapes layer", "shapes"),
+                          ("the whole slide (streamed)", "slide")):
+            self.slide_area_choice.addItem(text, key)
+        self.slide_area_choice.setToolTip("For pyramidal whole-slide images only")
         self.run_button = QPushButton("Segment")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
@@ -54,6 +60,7 @@ class SegmentWidget(JobWidget):
         form.addRow("", self.model_info)
         form.addRow("Device", self.device)
         form.addRow("Threshold", self.threshold)
+        form.addRow("Slide area", self.slide_area_choice)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         for w in (self.split, self.tiled, self.all_images):
@@ -160,7 +167,7 @@ class SegmentWidget(JobWidget):
         slides = [ly for ly in layers if is_slide_layer(ly)]
         if slides:           # a lazy pyramid: a region streamed, never the whole level 0 read
             self._set_running(True)
-            ok = start_region_segmentation(self, slides[0], getattr(self, "slide_area", "view"),
+            ok = start_region_segmentation(self, slides[0], self.slide_area,
                                            on_finish=lambda: self._set_running(False))
             if not ok:
                 self._set_running(False)
@@ -179,6 +186,18 @@ class SegmentWidget(JobWidget):
         if not ok:
             self._set_running(False)
         return ok
+
+    @property
+    def slide_area(self) -> str:
+        """"view", "shapes" or "slide": what of a whole-slide layer Segment works on."""
+        return self.slide_area_choice.currentData()
+
+    @slide_area.setter
+    def slide_area(self, area: str) -> None:
+        i = self.slide_area_choice.findData(area)
+        if i < 0:
+            raise ValueError(f"slide area must be view, shapes or slide, not {area!r}")
+        self.slide_area_choice.setCurrentIndex(i)
 
     # -- saving -----------------------------------------------------------------------------------
     def labels_to_save(self):
