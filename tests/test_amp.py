@@ -213,7 +213,9 @@ def test_no_training_loop_bypasses_the_helper():
     import napari_textdiff
 
     root = Path(napari_textdiff.__file__).parent
-    allowed = {"core/amp.py", "core/diffusion/pretrain.py"}
+    # decision.py fits a float64 logistic regression with LBFGS on the CPU: no autocast, no
+    # network, nothing for a loss scaler to do
+    allowed = {"core/amp.py", "core/diffusion/pretrain.py", "core/mgcc/decision.py"}
     bad = [str(p.relative_to(root)) for p in root.rglob("*.py")
            if str(p.relative_to(root)) not in allowed
            and re.search(r"\.backward\(|\bopt(imizer)?\.step\(\)", p.read_text())]

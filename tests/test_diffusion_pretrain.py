@@ -31,7 +31,8 @@ def _losses(events):
 
 
 def test_crop_sampler_dihedral_and_deterministic():
-    img = torch.arange(36, dtype=torch.float32).reshape(1, 6, 6) / 35
+    # crops are stored as uint8: use values that uint8 holds exactly
+    img = torch.arange(36, dtype=torch.float32).reshape(1, 6, 6) * 7 / 255
     s = CropSampler([img], size=6, scale=(1.0, 1.0), dihedral=True)
     out = s.sample(16, torch.Generator().manual_seed(0))
     assert out.shape == (16, 1, 6, 6) and out.dtype == torch.float32
