@@ -24,13 +24,12 @@ class JobControl:
 
         self.stop = False
         self.dead = False          # the widget is gone: drop every callback
-        self.ended = True          # the job's generator has finished (or none started)
         self.worker = None
         self._released = True
         self._lock = threading.Lock()
 
     def begin(self) -> None:
-        self.stop, self.ended, self._released = False, False, False
+        self.stop, self._released = False, False
 
     def release(self, session) -> None:
         """Free the viewer's job slot exactly once per job (from whichever thread ends it)."""
@@ -87,10 +86,6 @@ class JobWidget(QWidget):
 
     def request_stop(self) -> None:
         self.control.stop = True
-
-    @property
-    def _stop(self) -> bool:
-        return self.control.stop
 
     @property
     def worker(self):
@@ -184,10 +179,7 @@ class JobWidget(QWidget):
             from ._session import wait_warm
 
             wait_warm()
-            try:
-                return (yield from gen_fn())
-            finally:
-                control.ended = True
+            return (yield from gen_fn())
 
         w = create_worker(drain, _start_thread=False, _ignore_errors=True)
         try:  # we report errors ourselves, with what failed and a clear message

@@ -190,7 +190,7 @@ class FinetuneWidget(JobWidget):
         def on_done(result):
             state["ok"] = True
             self.status.setText(("stopped early; the model trained so far is kept"
-                                 if self._stop else "fine-tune finished") +
+                                 if self.should_stop() else "fine-tune finished") +
                                 f" ({len(pairs)} image(s))")
 
         def on_error(err):

@@ -119,7 +119,7 @@ class SyntheticWidget(JobWidget):
 
         def on_done(count):
             self.status.setText(f"{len(self.samples)} sample(s) generated"
-                                + (" (stopped)" if self._stop else ""))
+                                + (" (stopped)" if self.should_stop() else ""))
 
         def on_error(err):
             self.status.setText(f"error: {err}")
