@@ -264,25 +264,23 @@ def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
     threshold, split, tiled = session.threshold, session.split, session.tiled
     modality = session.modality
     device = None if session.device == "auto" else session.device
-    state = {"done": [], "current": ""}
+    done: list[str] = []
 
     def on_event(ev):
         w.show_progress(w.progress, ev)
-        if ev.stage == "predict":
-            state["current"] = ev.message
         seg = ev.payload
         if seg is not None and seg.name in by_name:
             layer = by_name[seg.name]
             if layer in viewer.layers:
                 _layers.apply_prediction(viewer, layer, seg.labels, modality)
-            state["done"].append(seg.name)
+            done.append(seg.name)
             w.status.setText(f"{seg.name}: {100 * seg.foreground:.1f}% foreground "
                              f"({session.model_label})")
 
     def on_done(n):
         msg = f"segmented {n} of {len(items)} image(s) with {session.model_label}"
         if w.should_stop() and n < len(items):
-            left = [it.name for it in items if it.name not in state["done"]]
+            left = [it.name for it in items if it.name not in done]
             msg += f"; stopped: {', '.join(left)} left as before"
         w.status.setText(msg)
 
