@@ -3,7 +3,8 @@
 Every run is one JSON line appended to ``--log`` (default /work/ckpt/td/results.jsonl); the
 diffusion features of each tile are memoised on disk (``--memo``), so the ~2-10 s per 256²
 tile of the bundled backbone is paid once per image and scale across all experiments.
-Scores are per image at native resolution (1000²), averaged over images.
+Scores are per image at native resolution (1000² for MoNuSeg), averaged over images;
+``--dataset xray`` runs the same commands on the 30 annotated chest X-rays (lesion masks).
 
   python benchmarks/td_issue16.py fit   --train A,B,.. --eval C,.. [--set k=v ...] --tag T
   python benchmarks/td_issue16.py cv    --folds 5 [--set k=v ...] --tag T
@@ -70,12 +71,28 @@ class DiskMemo:
         return [torch.stack(o) for o in out]
 
 
-def load_data(names=None):
-    from napari_textdiff.core.datasets import load_monuseg
+DATASET = os.environ.get("TD_DATASET", "monuseg")
 
-    samples = {s.name: s for s in load_monuseg(DATA, split=None)}
+
+def load_data(names=None):
+    from napari_textdiff.core.datasets import load_monuseg, load_xray
+
+    if DATASET == "xray":
+        found = load_xray(DATA.parent / "xray")
+    else:
+        found = load_monuseg(DATA, split=None)
+    samples = {s.name: s for s in found}
     names = names or sorted(samples)
     return [samples[n].load(channels=3) for n in names]
+
+
+def patient_groups(data):
+    """The metadata's patient id of each X-ray (its file name when the row has none)."""
+    import csv
+
+    with open(DATA.parent / "xray" / "metadata.csv", newline="") as fh:
+        pid = {Path(r["filename"]).stem: r["patientid"] for r in csv.DictReader(fh)}
+    return [pid.get(ex.name) or ex.name for ex in data]
 
 
 def make_model(overrides: dict, memo: str | None):
@@ -159,6 +176,7 @@ def parse_sets(sets):
 
 
 def log(args, rec):
+    rec["dataset"] = DATASET
     rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     rec["process_cpu_seconds"] = time.process_time()      # whole process, features included
     rec["load_average"] = os.getloadavg()[0]
@@ -195,6 +213,11 @@ def cmd_cv(args):
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(data))
     folds = [order[i::args.folds] for i in range(args.folds)]
+    if DATASET == "xray":          # one patient's X-rays stay in one fold (no leak)
+        groups = patient_groups(data)
+        keys = list(rng.permutation(sorted(set(groups))))
+        folds = [np.array([i for i in order if keys.index(groups[i]) % args.folds == k])
+                 for k in range(args.folds)]
     curves, fold_states, t_all = [], [], time.monotonic()
     out = Path(args.work) / args.tag
     out.mkdir(parents=True, exist_ok=True)
@@ -319,7 +342,12 @@ def main(argv=None):
     ap.add_argument("--memo", default="/work/ckpt/td/memo")
     ap.add_argument("--work", default="/work/ckpt/td/oof")
     ap.add_argument("--log", default="/work/ckpt/td/results.jsonl")
+    ap.add_argument("--dataset", choices=["monuseg", "xray"], default=None,
+                    help="labelled images: the 30 MoNuSeg images (default) or the 30 X-rays")
     args = ap.parse_args(argv)
+    if args.dataset:
+        global DATASET
+        DATASET = args.dataset
     {"fit": cmd_fit, "cv": cmd_cv, "rf": cmd_rf, "speed": cmd_speed,
      "final": cmd_final}[args.cmd](args)
 
