@@ -99,7 +99,7 @@ def test_non_finite_loss_messages(fp16, monkeypatch):
 
 
 def test_every_training_loop_steps_through_the_grad_scaler(fp16, tmp_path):
-    from napari_textdiff.core.benchmark.baselines import SupervisedConfig, UNetConfig, train_unet
+    from napari_textdiff.benchmark.baselines import SupervisedConfig, UNetConfig, train_unet
     from napari_textdiff.core.diffusion.ldm import train_ldm
     from napari_textdiff.core.mgcc.model import MGCCModel
     from napari_textdiff.core.mgcc.network import MGCCConfig

@@ -121,7 +121,7 @@ def test_monuseg_quick_writes_all_rows(monuseg_run):
 
 def test_report_rewrites_only_the_block(monuseg_run, tmp_path):
     from napari_textdiff.cli import main
-    from napari_textdiff.core.benchmark.report import END, START
+    from napari_textdiff.benchmark.report import END, START
 
     out, res = monuseg_run
     readme = tmp_path / "README.md"
@@ -142,7 +142,7 @@ def test_report_rewrites_only_the_block(monuseg_run, tmp_path):
 
 
 def test_feature_memo_matches_fresh_features():
-    from napari_textdiff.core.benchmark.common import FeatureMemo
+    from napari_textdiff.benchmark.common import FeatureMemo
     from napari_textdiff.core.textdiff.features import DiffusionFeatures, random_backbone
 
     feats = DiffusionFeatures(random_backbone("tiny", 3, 32), device="cpu")
@@ -160,7 +160,7 @@ def test_feature_memo_matches_fresh_features():
 
 
 def test_unet_baseline_learns_and_crops_cover():
-    from napari_textdiff.core.benchmark.baselines import (SupervisedConfig, UNetConfig,
+    from napari_textdiff.benchmark.baselines import (SupervisedConfig, UNetConfig,
                                                           crops_of, train_unet)
     from napari_textdiff.core.models import Example
     from napari_textdiff.core.progress import run
@@ -311,8 +311,8 @@ def test_speed_quick(tmp_path, tiny_bert):
 
 
 def test_busi_samples_synthetic_images_from_an_ldm(tmp_path):
-    from napari_textdiff.core.benchmark.busi import BusiConfig, run_busi
-    from napari_textdiff.core.benchmark.speed import _untrained_ldm
+    from napari_textdiff.benchmark.busi import BusiConfig, run_busi
+    from napari_textdiff.benchmark.speed import _untrained_ldm
     from napari_textdiff.core.progress import run
 
     ldm = _untrained_ldm("tiny", tmp_path / "ldm", 0, "cpu")
@@ -328,7 +328,7 @@ def test_busi_samples_synthetic_images_from_an_ldm(tmp_path):
 def test_killed_run_keeps_finished_units_and_resume_reuses_them(tmp_path):
     """A run killed after its first unit leaves that unit on disk; --resume reuses it (same
     numbers, marked) and runs only the rest; other settings are refused, not mixed."""
-    from napari_textdiff.core.benchmark.busi import BusiConfig, run_busi
+    from napari_textdiff.benchmark.busi import BusiConfig, run_busi
     from napari_textdiff.core.progress import run
 
     data = make_busi(tmp_path / "busi")
@@ -368,7 +368,7 @@ def test_killed_run_keeps_finished_units_and_resume_reuses_them(tmp_path):
 
 def test_finished_only_reports_a_killed_run_without_training(tmp_path):
     from napari_textdiff.cli import main
-    from napari_textdiff.core.benchmark.busi import BusiConfig, run_busi
+    from napari_textdiff.benchmark.busi import BusiConfig, run_busi
 
     data = make_busi(tmp_path / "busi")
     out = tmp_path / "out"
@@ -393,7 +393,7 @@ def test_merge_joins_a_grid_split_over_two_folders(tmp_path):
     """Two processes run disjoint seeds in their own folders; --finished-only --merge reports
     the union without training, and a folder run with other settings is refused."""
     from napari_textdiff.cli import main
-    from napari_textdiff.core.benchmark.busi import BusiConfig, run_busi
+    from napari_textdiff.benchmark.busi import BusiConfig, run_busi
     from napari_textdiff.core.progress import run
 
     data = make_busi(tmp_path / "busi")
@@ -430,7 +430,7 @@ def test_merge_joins_a_grid_split_over_two_folders(tmp_path):
 
 
 def test_unit_log_ignores_speed_only_settings_but_not_result_settings(tmp_path):
-    from napari_textdiff.core.benchmark.common import UnitLog
+    from napari_textdiff.benchmark.common import UnitLog
 
     cfg = {"epochs": 10, "seeds": [0], "device": "cpu", "feature_cache_mb": 2048}
     log = UnitLog(tmp_path, "x", cfg, ("method", "seed"))
@@ -445,7 +445,7 @@ def test_unit_log_ignores_speed_only_settings_but_not_result_settings(tmp_path):
 def test_evaluation_reports_progress_per_image_and_returns_the_metrics():
     from types import SimpleNamespace
 
-    from napari_textdiff.core.benchmark.common import evaluate_predictions
+    from napari_textdiff.benchmark.common import evaluate_predictions
     from napari_textdiff.core.progress import run
 
     mask = np.zeros((4, 4), np.uint8)
@@ -462,7 +462,7 @@ def test_evaluation_reports_progress_per_image_and_returns_the_metrics():
 def test_unit_log_keeps_run_records_of_finished_files_it_merges(tmp_path):
     """A final NAME.json keeps run-level records (BUSI's synthetic set) at top level; merging
     it must not lose them."""
-    from napari_textdiff.core.benchmark.common import UnitLog
+    from napari_textdiff.benchmark.common import UnitLog
 
     cfg = {"iterations": 3, "seeds": [0]}
     (tmp_path / "a").mkdir()

@@ -88,7 +88,7 @@ def test_cli_precision_flag_sets_the_switch(monkeypatch):
 
 
 def test_stopwatch_synchronises_the_device_in_use(fake_cuda, monkeypatch):
-    from napari_textdiff.core.benchmark.common import Stopwatch
+    from napari_textdiff.benchmark.common import Stopwatch
 
     fake_cuda((9, 0))
     synced = []

@@ -226,7 +226,7 @@ def _resume(args) -> dict:
 
 
 def _monuseg(args) -> int:
-    from napari_textdiff.core.benchmark.fewshot import MonusegConfig, run_monuseg
+    from napari_textdiff.benchmark.fewshot import MonusegConfig, run_monuseg
 
     _setup(args)
     over = _overrides(args, {
@@ -246,7 +246,7 @@ def _monuseg(args) -> int:
 
 
 def _busi(args) -> int:
-    from napari_textdiff.core.benchmark.busi import BusiConfig, run_busi
+    from napari_textdiff.benchmark.busi import BusiConfig, run_busi
 
     _setup(args)
     over = _overrides(args, {"seeds": "seeds", "methods": "methods",
@@ -265,7 +265,7 @@ def _busi(args) -> int:
 
 
 def _xray(args) -> int:
-    from napari_textdiff.core.benchmark.xray import XrayConfig, run_xray
+    from napari_textdiff.benchmark.xray import XrayConfig, run_xray
 
     _setup(args)
     over = _overrides(args, {"seeds": "seeds", "methods": "methods",
@@ -285,7 +285,7 @@ def _xray(args) -> int:
 
 
 def _speed(args) -> int:
-    from napari_textdiff.core.benchmark.speed import SpeedConfig, run_speed
+    from napari_textdiff.benchmark.speed import SpeedConfig, run_speed
 
     _setup(args)
     over = _overrides(args, {"seeds": "seeds", "backbone": "backbone",
@@ -304,7 +304,7 @@ def _speed(args) -> int:
 def _finetune(args) -> int:
     from pathlib import Path
 
-    from napari_textdiff.core.benchmark.finetune import (FinetuneBenchConfig, pool_from,
+    from napari_textdiff.benchmark.finetune import (FinetuneBenchConfig, pool_from,
                                                          run_finetune_benchmark)
 
     _setup(args)
@@ -326,7 +326,7 @@ def _finetune(args) -> int:
 
 
 def _report(args) -> int:
-    from napari_textdiff.core.benchmark.report import readme_section, update_readme
+    from napari_textdiff.benchmark.report import readme_section, update_readme
 
     if args.print:
         print(readme_section(args.results))

@@ -1,0 +1,220 @@
+"""Baselines trained from scratch on the same images: a plain U-Net and MGCC-light supervised.
+
+The U-Net reuses MGCC's encoder/decoder blocks (double conv, nearest-upsample conv) without the
+ConvMixer and the attention gates: the "fully supervised U-Net" row of MGCC's tables and the
+"small U-Net from scratch" of REFERENCE.md. Both baselines run behind ``MGCCModel`` (same
+preprocessing, whole-image resize or tiled prediction), so they are evaluated exactly like MGCC.
+
+Training data for the native-resolution protocol: overlapping ``size``² crops of the full images
+(:func:`crops_of`), then prediction in tiles (``MGCCModel.predict_proba(mode="tile")``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.mgcc.losses import bce_dice_loss
+from ..core.mgcc.model import MGCCModel, dihedral
+from ..core.mgcc.network import BASE_CHANNELS, DoubleConv, Encoder, UpConv
+from ..core.mgcc.preprocess import image_tensor, mask_tensor, normalize_input
+from ..core.models import Example
+from ..core.progress import Progress
+
+__all__ = ["UNetConfig", "UNet", "SupervisedConfig", "train_unet", "train_mgcc_light",
+           "crops_of"]
+
+
+@dataclasses.dataclass
+class UNetConfig:
+    in_channels: int = 3
+    width: float = 0.25          # x (64..1024): 0.25 = 16..256 channels, ~1.9 M params
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(max(4, int(round(c * self.width))) for c in BASE_CHANNELS)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class UNet(nn.Module):
+    """Plain U-Net (Ronneberger) on MGCC's blocks: 5 stages, 4 skips by concatenation."""
+
+    def __init__(self, config: UNetConfig | None = None, **kw):
+        super().__init__()
+        self.config = config = config or UNetConfig(**kw)
+        c = config.channels
+        self.encoder = Encoder(config.in_channels, c)
+        self.ups = nn.ModuleList(UpConv(c[i + 1], c[i]) for i in reversed(range(4)))
+        self.convs = nn.ModuleList(DoubleConv(2 * c[i], c[i]) for i in reversed(range(4)))
+        self.head = nn.Conv2d(c[0], 1, 1)
+
+    def forward(self, x):
+        if x.shape[-1] % 16 or x.shape[-2] % 16:
+            raise ValueError(f"U-Net input H and W must be multiples of 16, got "
+                             f"{tuple(x.shape[-2:])}")
+        feats = self.encoder(x)
+        y = feats[4]
+        for j, (up, conv) in enumerate(zip(self.ups, self.convs)):
+            y = conv(torch.cat([feats[3 - j], up(y)], dim=1))
+        return self.head(y)
+
+    def inference_state_dict(self):
+        return self.state_dict()
+
+
+@dataclasses.dataclass
+class SupervisedConfig:
+    iterations: int = 300
+    batch_size: int = 4
+    lr: float = 1e-3             # Adam (converges in a few hundred steps, unlike MGCC's SGD)
+    size: int = 256
+    augment: bool = True
+    seed: int = 0
+
+
+def crops_of(examples: Sequence[Example], size: int, overlap: int | None = None,
+             max_per_image: int | None = None, seed: int = 0) -> list[Example]:
+    """Overlapping ``size``² crops at native resolution (padded when an image is smaller).
+
+    With ``max_per_image`` a seeded subset is kept, crops with foreground first.
+    """
+    from ..core.tiling import tile_starts
+
+    overlap = size // 4 if overlap is None else overlap
+    rng = np.random.default_rng(seed)
+    out = []
+    for ex in examples:
+        img, m = np.asarray(ex.image), np.asarray(ex.mask)
+        ph, pw = max(0, size - img.shape[0]), max(0, size - img.shape[1])
+        if ph or pw:
+            img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="edge")
+            m = np.pad(m, ((0, ph), (0, pw)))
+        crops = [(img[y:y + size, x:x + size], m[y:y + size, x:x + size])
+                 for y in tile_starts(img.shape[0], size, overlap)
+                 for x in tile_starts(img.shape[1], size, overlap)]
+        if max_per_image and len(crops) > max_per_image:
+            fg = np.array([c[1].any() for c in crops])
+            order = np.concatenate([rng.permutation(np.flatnonzero(fg)),
+                                    rng.permutation(np.flatnonzero(~fg))])
+            crops = [crops[i] for i in sorted(order[:max_per_image])]
+        out += [Example(a, b, ex.text, f"{ex.name}#{i}") for i, (a, b) in enumerate(crops)]
+    return out
+
+
+def train_unet(examples: Sequence[Example], *, config: SupervisedConfig | None = None,
+               net_config: UNetConfig | None = None, device="cpu", inference: str = "resize",
+               should_stop: Callable[[], bool] | None = None, val: Sequence[Example] = (),
+               val_every: int | None = None):
+    """Progress generator: Adam on 0.5·BCE + Dice; returns ``(MGCCModel over the U-Net,
+    loss history)``. Images are resized to ``config.size``² (pass crops for tiled work).
+    With ``val`` the weights with the best mean validation IoU are kept (as MGCC's trainer)."""
+    from ..core.amp import Amp
+    from ..core.device import resolve_device
+    from ..core.mgcc.trainer import evaluate_model
+
+    cfg = config or SupervisedConfig()
+    if not examples:
+        raise ValueError("train_unet: no training examples")
+    dev = resolve_device(device)
+    ncfg = net_config or UNetConfig()
+    X = torch.stack([image_tensor(e.image, ncfg.in_channels, cfg.size) for e in examples])
+    Y = torch.stack([mask_tensor(e.mask, cfg.size) for e in examples])
+    torch.manual_seed(cfg.seed)
+    net = UNet(ncfg).to(dev)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    amp = Amp(dev, what="U-Net training")
+    rng = np.random.default_rng(cfg.seed)
+    model = MGCCModel(net, size=cfg.size, inference=inference, device=dev,
+                      meta={"baseline": "unet", "net": ncfg.to_dict()})
+    bs = min(cfg.batch_size, len(X))
+    losses: list[float] = []
+    order, pos = rng.permutation(len(X)), 0
+    best: tuple[float, dict | None] = (-1.0, None)
+    t0 = time.monotonic()
+    try:
+        for it in range(1, cfg.iterations + 1):
+            if should_stop is not None and should_stop():
+                break
+            idx = []
+            while len(idx) < bs:
+                if pos >= len(order):
+                    order, pos = rng.permutation(len(X)), 0
+                idx.append(order[pos])
+                pos += 1
+            x, y = X[idx], Y[idx]
+            if cfg.augment:
+                x, y = dihedral(x, y, rng)
+            net.train()
+            with amp.autocast():
+                logits = net(normalize_input(x.to(dev)))
+            loss = bce_dice_loss(logits.float(), y.to(dev))
+            amp.step(loss, opt)
+            losses.append(float(loss.detach()))
+            yield Progress("train", step=it, total=cfg.iterations, loss=losses[-1],
+                           elapsed=time.monotonic() - t0)
+            if val and (it % (val_every or max(1, cfg.iterations // 5)) == 0
+                        or it == cfg.iterations):
+                net.eval()
+                score = float(evaluate_model(model, list(val))[0]["iou"])
+                if score > best[0]:
+                    best = (score, {k: v.detach().clone() for k, v in net.state_dict().items()})
+                yield Progress("validate", step=it, total=cfg.iterations,
+                               metrics={"val_iou": score}, elapsed=time.monotonic() - t0)
+    finally:
+        net.eval()
+        if best[1] is not None:
+            net.load_state_dict(best[1])
+            model.meta["val_iou"] = best[0]
+    return model, losses
+
+
+def train_mgcc_light(examples: Sequence[Example], unlabeled: Sequence[np.ndarray] = (),
+                     val: Sequence[Example] = (), *, iterations: int = 300, size: int = 256,
+                     width: float = 0.25, in_channels: int = 3, batch_labeled: int = 4,
+                     batch_unlabeled: int = 4, lr: float = 0.01, seed: int = 0,
+                     device="cpu", inference: str = "resize", val_every: int | None = None,
+                     should_stop=None):
+    """Progress generator over ``core.mgcc.MGCCTrainer``; returns ``(MGCCModel, history)``
+    where history holds the per-iteration total loss (``"loss"``) and the validation records.
+
+    Without ``unlabeled`` images this is MGCC's supervised part (four decoders, no
+    consistency term): the "MGCC-light supervised" baseline.
+    """
+    from ..core.mgcc.network import MGCCConfig
+    from ..core.mgcc.trainer import MGCCTrainer, TrainConfig
+
+    tc = TrainConfig(iterations=iterations, size=size, batch_labeled=batch_labeled,
+                     batch_unlabeled=batch_unlabeled, lr=lr, seed=seed,
+                     val_every=val_every or max(1, iterations // 5),
+                     checkpoint_every=10 ** 9)
+    trainer = MGCCTrainer(list(examples), list(unlabeled), list(val),
+                          net_config=MGCCConfig(in_channels=in_channels, width=width),
+                          config=tc, device=device)
+    losses: list[float] = []
+    gen = trainer.run(should_stop)
+    try:
+        while True:
+            ev = next(gen)
+            if ev.stage == "train" and ev.loss is not None:
+                losses.append(float(ev.loss))
+            yield ev
+    except StopIteration as stop:
+        model = stop.value
+    model.inference = inference
+    return model, {"loss": losses, "validation": trainer.history,
+                   "best_iteration": trainer.best_it}
+
+
+def num_params(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def iterations_for(epochs: int, n: int, batch: int) -> int:
+    return max(1, math.ceil(epochs * n / batch))
