@@ -11,15 +11,64 @@ layer's history, as a brush would); 3. Fine-tune (library defaults, no re-segmen
 For each job it reports the wall seconds and the GUI thread's largest stall: a 50 ms QTimer
 records its tick gaps while the job runs; a gap of G ms means the GUI could not react for
 about G − 50 ms. ``--no-memo`` turns the feature memo off (diffusion features recomputed for
-every job) to show what it saves. Writes JSON to ``--out``.
+every job) to show what it saves. ``--trace-stalls`` names the culprits: a watchdog thread
+samples every thread's Python stack whenever the timer is more than 75 ms late, and the
+report counts the innermost frames seen (GUI thread and the others). Writes JSON to ``--out``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+
+class StallTracer:
+    """Watchdog thread: while the GUI timer is > 75 ms late, sample every thread's stack."""
+
+    def __init__(self, last: list, late_ms: float = 75, every_s: float = 0.02):
+        import threading
+        from collections import Counter
+
+        self._last, self._late, self._every = last, late_ms / 1000, every_s
+        self._main = threading.main_thread().ident
+        self.counts: Counter = Counter()
+        self._halt = threading.Event()
+        threading.Thread(target=self._run, daemon=True, name="stall-tracer").start()
+
+    def reset(self):
+        self.counts.clear()
+
+    def stop(self):
+        self._halt.set()
+
+    @staticmethod
+    def _where(frame) -> str:
+        """Innermost frames as 'file:line func' (3 deep), innermost first."""
+        parts = []
+        while frame is not None and len(parts) < 3:
+            co = frame.f_code
+            parts.append(f"{Path(co.co_filename).name}:{frame.f_lineno} {co.co_name}")
+            frame = frame.f_back
+        return " < ".join(parts)
+
+    def _run(self):
+        import threading
+
+        me = threading.get_ident()
+        while not self._halt.wait(self._every):
+            if time.perf_counter() - self._last[0] < self._late:
+                continue
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                who = "GUI" if ident == self._main else "other"
+                self.counts[f"{who}: {self._where(frame)}"] += 1
+
+    def report(self, top: int = 12) -> list:
+        return [[k, v] for k, v in self.counts.most_common(top)]
 
 
 def main(argv=None) -> int:
@@ -27,6 +76,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/benchmarks/gui_loop.json")
     p.add_argument("--no-memo", action="store_true", help="recompute features every job")
     p.add_argument("--epochs", type=int, default=None, help="fine-tune epochs (default: library)")
+    p.add_argument("--job-niceness", type=int, default=None,
+                   help="niceness added to job threads (default: the plugin's; 0 = off)")
+    p.add_argument("--trace-stalls", action="store_true",
+                   help="sample stacks during stalls; report where each thread was")
     a = p.parse_args(argv)
 
     import napari
@@ -38,6 +91,8 @@ def main(argv=None) -> int:
 
     if a.no_memo:
         _session.FEATURE_MEMO_MB = 0
+    if a.job_niceness is not None:
+        _session.JOB_NICENESS = a.job_niceness
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
     _, seg = viewer.window.add_plugin_dock_widget("napari-textdiff", "Segment")
@@ -56,12 +111,15 @@ def main(argv=None) -> int:
     timer = QTimer()
     timer.timeout.connect(tick)
     timer.start(50)
+    tracer = StallTracer(last) if a.trace_stalls else None
 
     def run_job(widget, start) -> dict:
         for _ in range(5):
             app.processEvents()
         gaps.clear()
         last[0] = time.perf_counter()
+        if tracer is not None:
+            tracer.reset()
         t0 = time.perf_counter()
         start()
         while widget.running:
@@ -71,11 +129,16 @@ def main(argv=None) -> int:
         for _ in range(3):
             app.processEvents()
         err = widget.last_error
-        return {"seconds": round(secs, 2), "max_gap_ms": round(max(gaps or [0.0]), 1),
-                "stall_ms": round(max(0.0, max(gaps or [0.0]) - 50), 1),
-                "ticks": len(gaps), "error": None if err is None else str(err)}
+        out = {"seconds": round(secs, 2), "max_gap_ms": round(max(gaps or [0.0]), 1),
+               "stall_ms": round(max(0.0, max(gaps or [0.0]) - 50), 1),
+               "gaps_over_150ms": sum(g > 150 for g in gaps),
+               "ticks": len(gaps), "error": None if err is None else str(err)}
+        if tracer is not None:
+            out["stall_frames"] = tracer.report()
+        return out
 
-    res: dict = {"memo": not a.no_memo, "jobs": {}}
+    res: dict = {"memo": not a.no_memo, "job_niceness": _session.JOB_NICENESS,
+                 "load_average_start": os.getloadavg()[0], "jobs": {}}
     viewer.layers.selection.active = image
     res["jobs"]["segment"] = run_job(seg, seg.run_button.click)
     lab = viewer.layers["histology_sample_labels"]
@@ -97,6 +160,8 @@ def main(argv=None) -> int:
     memo = next(iter(seg.session._memos.values()), None)
     res["feature_memo"] = memo.stats() if memo is not None else None
     timer.stop()
+    if tracer is not None:
+        tracer.stop()
     viewer.close()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -176,8 +176,9 @@ class JobWidget(QWidget):
         from napari.qt.threading import create_worker
 
         def drain():
-            from ._session import wait_warm
+            from ._session import lower_this_thread_priority, wait_warm
 
+            lower_this_thread_priority()
             wait_warm()
             return (yield from gen_fn())
 

@@ -13,6 +13,7 @@ features of an image are computed once for segment → fine-tune → re-segment.
 """
 from __future__ import annotations
 
+import sys
 import tempfile
 import threading
 import weakref
@@ -56,6 +57,27 @@ def _warm_up() -> None:
 def start_warm_up() -> None:
     if _WARM_STARTED.acquire(blocking=False):
         threading.Thread(target=_warm_up, name="napari-textdiff warm-up", daemon=True).start()
+
+
+#: Niceness added to job threads (0 disables): the GUI thread then wins the CPU whenever it
+#: has work, the job gets every cycle it leaves. Threads a job's thread starts (torch's
+#: OpenMP team) inherit it on Linux, where niceness is per thread.
+JOB_NICENESS = 10
+
+
+def lower_this_thread_priority(niceness: int | None = None) -> bool:
+    """Make the calling (worker) thread yield the CPU to the GUI; False where unsupported."""
+    import os
+
+    n = JOB_NICENESS if niceness is None else niceness
+    if n <= 0 or not hasattr(os, "setpriority") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + n))
+        return True
+    except OSError:        # not permitted (some containers): run at the normal priority
+        return False
 
 
 def wait_warm(timeout: float = 120.0) -> None:
