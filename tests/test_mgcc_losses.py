@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_textdiff.core.mgcc.losses import (bce_dice_loss, consistency_loss, soft_dice_loss,
-                                              supervised_loss)
+from napari_textdiff.core.losses import soft_dice_loss
+from napari_textdiff.core.mgcc.losses import bce_dice_loss, consistency_loss, supervised_loss
 from napari_textdiff.core.mgcc.schedules import (authors_consistency_weight, consistency_weight,
                                                  cosine_lr, gaussian_rampup, learning_rate,
                                                  poly_lr)
@@ -18,15 +18,15 @@ def test_dice_perfect_and_disjoint():
     t = torch.zeros(1, 1, 4, 4)
     t[..., :2, :] = 1
     perfect = torch.where(t > 0, BIG, -BIG)
-    assert soft_dice_loss(perfect, t).item() == pytest.approx(0.0, abs=1e-6)
-    assert soft_dice_loss(-perfect, t).item() == pytest.approx(1.0, abs=1e-5)
+    assert soft_dice_loss(torch.sigmoid(perfect), t).item() == pytest.approx(0.0, abs=1e-6)
+    assert soft_dice_loss(torch.sigmoid(-perfect), t).item() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_dice_half_probabilities_by_hand():
     t = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
     logits = torch.zeros_like(t)                     # p = 0.5 everywhere
     # 2*|p t| = 2*1 = 2, |p| + |t| = 2 + 2 = 4 -> dice 0.5
-    assert soft_dice_loss(logits, t, smooth=0).item() == pytest.approx(0.5)
+    assert soft_dice_loss(torch.sigmoid(logits), t, smooth=0).item() == pytest.approx(0.5)
     bce = math.log(2)
     assert bce_dice_loss(logits, t, smooth=0).item() == pytest.approx(0.5 * bce + 0.5, rel=1e-6)
 
@@ -36,13 +36,22 @@ def test_dice_is_per_image_mean():
     t[0] = 1                                          # image 0 full, image 1 empty
     logits = torch.full_like(t, BIG)                  # predicts everything foreground
     # image 0: dice 1; image 1: dice ~ 0 (smooth/(4+smooth)) -> mean loss 0.5
-    assert soft_dice_loss(logits, t).item() == pytest.approx(0.5, abs=1e-5)
+    assert soft_dice_loss(torch.sigmoid(logits), t).item() == pytest.approx(0.5, abs=1e-5)
+
+
+def test_dice_ignores_pixels_outside_valid():
+    t = torch.tensor([[[1.0, 0.0]]])
+    p = torch.tensor([[[1.0, 1.0]]])                 # a false positive on the right pixel
+    assert soft_dice_loss(p, t, smooth=0).item() == pytest.approx(1 - 2 / 3)
+    valid = torch.tensor([[[1.0, 0.0]]])             # ... which is padding: ignored
+    assert soft_dice_loss(p, t, valid, smooth=0).item() == pytest.approx(0.0)
 
 
 def test_supervised_loss_averages_decoders():
     t = (torch.rand(2, 1, 8, 8) > 0.5).float()
     outs = [torch.randn(2, 1, 8, 8) for _ in range(4)]
-    expect = sum(0.5 * F.binary_cross_entropy_with_logits(o, t) + soft_dice_loss(o, t)
+    expect = sum(0.5 * F.binary_cross_entropy_with_logits(o, t)
+                 + soft_dice_loss(torch.sigmoid(o), t)
                  for o in outs) / 4
     torch.testing.assert_close(supervised_loss(outs, t), expect)
     with pytest.raises(ValueError):

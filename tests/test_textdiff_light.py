@@ -9,7 +9,7 @@ from napari_textdiff.core.textdiff.config import TextDiffConfig
 from napari_textdiff.core.textdiff.features import FeatureStack, build_features, random_backbone
 from napari_textdiff.core.textdiff.head import LightHead, TextDiffHead, build_head
 from napari_textdiff.core.textdiff.model import TextDiffModel
-from napari_textdiff.core.textdiff.model import _FeatureCache
+from napari_textdiff.core.textdiff.cache import TileCache
 from napari_textdiff.core.textdiff.train import cropped_batch, epoch_batches, random_crop
 from textdiff_testkit import dice, make_tiny_backbone, make_tiny_bert, shapes_set
 
@@ -104,7 +104,7 @@ def test_epoch_batches_and_aligned_crops():
     same = random_crop(feats, masks, valid, [8, 1], 32, rng)
     assert same[1] is masks
     # cutting the window from the fp16 cache first gives the same crop as batch-then-crop
-    cache = _FeatureCache(3, [(2, 4, 4), (3, 32, 32)], 32, ram_mb=64)
+    cache = TileCache(3, [(2, 4, 4), (3, 32, 32)], 32, ram_mb=64)
     for f in cache.feats:
         f[:] = np.random.default_rng(2).random(f.shape)
     cache.masks[:] = np.random.default_rng(3).random(cache.masks.shape) > 0.5
@@ -124,7 +124,7 @@ def test_light_fit_learns_and_roundtrips(env, tmp_path, kind):
     hist = run(m.fit(shapes_set(16, seed=0)))
     assert hist["loss"][-1] < 0.5 * hist["loss"][0]
     assert len(hist["epoch_seconds"]) == hist["epochs_run"] == 12
-    assert np.mean([dice(m.predict(ex.image, ex.text), ex.mask)
+    assert np.mean([dice(m.predict_mask(ex.image, ex.text), ex.mask)
                     for ex in shapes_set(8, seed=1)]) > 0.7
     path = m.save(tmp_path / f"{kind}.safetensors")
     back = TextDiffModel.load(path, device="cpu", text_encoder=str(env["bert"]))

@@ -46,8 +46,8 @@ def test_head_learns_and_text_selects_the_object(fitted):
     right, wrong = [], []
     for ex in shapes_set(8, seed=1):
         other = "right" if ex.name == "left" else "left"
-        right.append(dice(m.predict(ex.image, ex.text), ex.mask))
-        wrong.append(dice(m.predict(ex.image, f"the object on the {other}"), ex.mask))
+        right.append(dice(m.predict_mask(ex.image, ex.text), ex.mask))
+        wrong.append(dice(m.predict_mask(ex.image, f"the object on the {other}"), ex.mask))
     # chance for a blob of ~5 % of the image is far below; the other description gives
     # the other blob (disjoint -> Dice ~0)
     assert np.mean(right) > 0.7, right
@@ -118,7 +118,7 @@ def test_stopped_fit_leaves_a_loadable_model(env, tmp_path):
     assert early["stopped"] and early["epochs_run"] == 0
     m.save(tmp_path / "stopped.safetensors")
     m2 = TextDiffModel.load(tmp_path / "stopped.safetensors", device="cpu")
-    assert m2.predict(np.random.rand(40, 40, 3).astype(np.float32), "left").shape == (40, 40)
+    assert m2.predict_mask(np.random.rand(40, 40, 3).astype(np.float32), "left").shape == (40, 40)
     # closing the generator mid-training also leaves a valid model
     m3 = _model(env, epochs=50)
     gen = m3.fit(shapes_set(4, seed=0), val_fraction=0.5)
@@ -159,7 +159,7 @@ def test_predict_any_size_gray_instances_and_resize(fitted):
     p = m.predict_proba(gray, "left")
     assert p.shape == (45, 70) and p.dtype == np.float32 and 0 <= p.min() <= p.max() <= 1
     assert m.predict_proba(gray, "left", tiled=False).shape == (45, 70)
-    lab = m.predict(shapes_set(1, seed=7)[0].image, "the object on the left", instances=True)
+    lab = m.predict_mask(shapes_set(1, seed=7)[0].image, "the object on the left", instances=True)
     assert lab.dtype == np.int32 and lab.max() >= 1
 
 

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.augment import random_dihedral
 from ..core.mgcc.losses import bce_dice_loss
-from ..core.mgcc.model import MGCCModel, dihedral
+from ..core.mgcc.model import MGCCModel
 from ..core.mgcc.network import BASE_CHANNELS, DoubleConv, Encoder, UpConv
 from ..core.mgcc.preprocess import image_tensor, mask_tensor, normalize_input
 from ..core.models import Example
@@ -150,7 +151,7 @@ def train_unet(examples: Sequence[Example], *, config: SupervisedConfig | None =
                 pos += 1
             x, y = X[idx], Y[idx]
             if cfg.augment:
-                x, y = dihedral(x, y, rng)
+                x, y = random_dihedral(x, y, rng)
             net.train()
             with amp.autocast():
                 logits = net(normalize_input(x.to(dev)))

@@ -50,10 +50,7 @@ def pool_from(model_path, data, split: str | None = None) -> list:
 
 def _mask(model, ex) -> np.ndarray:
     """The model's own binary mask (threshold and, for MGCC, its image-level rule)."""
-    if hasattr(model, "predict_mask"):
-        return np.asarray(model.predict_mask(ex.image)) > 0
-    text = ex.text if getattr(model, "uses_text", False) else None
-    return np.asarray(model.predict(ex.image, text)) > 0
+    return np.asarray(model.predict_mask(ex.image, ex.text)) > 0
 
 
 def _dice(model, examples) -> list[float]:

@@ -43,6 +43,11 @@ class SegmentationModel(Protocol):
                       device: Any = None) -> np.ndarray:
         """Foreground probability (H, W) float32 for an image of any size."""
 
+    def predict_mask(self, image: np.ndarray, text: str | None = None, *,
+                     threshold: float | None = None, instances: bool = False,
+                     **kw) -> np.ndarray:
+        """uint8 mask at the model's threshold, or int32 instances (``core.prediction``)."""
+
     def finetune(self, examples: Sequence[Example], *, epochs: int = 20, lr: float = 1e-4,
                  should_stop=None, **kw) -> Generator[Progress, None, Any]:
         """Continue training the light head on a few corrected examples (progress generator)."""
@@ -62,7 +67,18 @@ def register_kind(kind: str, target: str) -> None:
 
 
 def load_model(path, device="auto"):
-    """Load any napari-textdiff model file; the class is picked from the file's header."""
+    """Load any napari-textdiff model file; the class is picked from the file's header.
+
+    Args:
+        path: a ``.safetensors`` model file written by this package.
+        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ...
+
+    Returns:
+        A :class:`SegmentationModel` (``TextDiffModel`` or ``MGCCModel``).
+
+    Raises:
+        core.bundle.BundleError: not a model file, or a kind this version does not know.
+    """
     import importlib
 
     from .bundle import BundleError, read_bundle_header

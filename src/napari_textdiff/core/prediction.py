@@ -13,7 +13,7 @@ import numpy as np
 
 from .progress import Progress
 
-__all__ = ["iter_predict", "probability_to_labels"]
+__all__ = ["iter_predict", "predict_mask", "probability_to_labels"]
 
 
 def iter_predict(model, image, text: str | None = None, *, tiled: bool = True, device=None,
@@ -33,6 +33,26 @@ def iter_predict(model, image, text: str | None = None, *, tiled: bool = True, d
     prob = model.predict_proba(image, text, tiled=tiled, device=device)
     yield Progress("predict", 1, 1, message=name)
     return np.asarray(prob, np.float32)
+
+
+def predict_mask(model, image, text: str | None = None, *, threshold: float | None = None,
+                 instances: bool = False, **kw) -> np.ndarray:
+    """Any model's mask: ``model.predict_proba`` at ``threshold`` (default: the model's own).
+
+    Returns a binary uint8 (H, W) mask, or int32 instance labels with ``instances=True``
+    (touching objects separated). ``text`` reaches only models that use it; ``kw`` goes to
+    ``predict_proba``. Both model kinds' ``predict_mask`` methods are this function.
+    """
+    from .calibration import get_threshold
+
+    text = text if getattr(model, "uses_text", False) else None
+    prob = model.predict_proba(image, text, **kw)
+    mask = (prob >= (get_threshold(model) if threshold is None else threshold)).astype(np.uint8)
+    if instances:
+        from .instances import binary_to_instances
+
+        return binary_to_instances(mask)
+    return mask
 
 
 def probability_to_labels(prob: np.ndarray, threshold: float, split: bool) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""MGCC's losses: supervised 0.5*BCE + soft Dice over all decoders, MSE cross-consistency.
+"""MGCC's losses: supervised 0.5*BCE + soft Dice (``core.losses``) over all decoders, MSE
+cross-consistency.
 
 Dice is computed on probabilities, per image, then averaged (as in the authors' BCEDiceLoss);
 with the tiny default smoothing an empty mask (BUSI normals) contributes ~1 whatever the
@@ -11,15 +12,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["soft_dice_loss", "bce_dice_loss", "supervised_loss", "consistency_loss"]
+from ..losses import soft_dice_loss
 
-
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
-    """``1 - mean_i (2|p_i t_i| + s) / (|p_i| + |t_i| + s)`` with ``p = sigmoid(logits)``."""
-    p = torch.sigmoid(logits).flatten(1)
-    t = target.to(p.dtype).flatten(1)
-    dice = (2 * (p * t).sum(1) + smooth) / (p.sum(1) + t.sum(1) + smooth)
-    return 1 - dice.mean()
+__all__ = ["bce_dice_loss", "supervised_loss", "consistency_loss"]
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 0.5,
@@ -27,7 +22,7 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float 
     """``bce_weight * BCEWithLogits + soft Dice`` for one decoder's logits (B,1,H,W)."""
     target = target.to(logits.dtype)
     return (bce_weight * F.binary_cross_entropy_with_logits(logits, target)
-            + soft_dice_loss(logits, target, smooth))
+            + soft_dice_loss(torch.sigmoid(logits), target, smooth=smooth))
 
 
 def supervised_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor, **kw) -> torch.Tensor:

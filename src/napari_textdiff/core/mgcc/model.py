@@ -157,16 +157,14 @@ class MGCCModel:
                                    tile=tile, overlap=overlap, batch_size=batch_size),
                    callback=cb)
 
-    def predict_mask(self, image: np.ndarray, threshold: float | None = None,
-                     instances: bool = False, **kw) -> np.ndarray:
-        """Binary mask (uint8) or, with ``instances=True``, int32 connected-component labels."""
-        t = self.threshold if threshold is None else float(threshold)
-        mask = (self.predict_proba(image, **kw) >= t).astype(np.uint8)
-        if instances:
-            from ..instances import binary_to_instances
+    def predict_mask(self, image: np.ndarray, text: str | None = None, *,
+                     threshold: float | None = None, instances: bool = False,
+                     **kw) -> np.ndarray:
+        """Binary uint8 mask at ``self.threshold``, or int32 instance labels with
+        ``instances=True`` (see ``core.prediction.predict_mask``); ``text`` is ignored."""
+        from ..prediction import predict_mask
 
-            return binary_to_instances(mask)
-        return mask
+        return predict_mask(self, image, text, threshold=threshold, instances=instances, **kw)
 
     # ------------------------------------------------------------------ fine-tuning
     def finetune(self, examples: Sequence, *, should_stop=None, device: Any = None, **kw):
@@ -211,17 +209,3 @@ class MGCCModel:
                     inference=cfg.get("inference", "resize"), meta=header.get("meta"),
                     decision=cfg.get("decision"))
         return model.to(dev)
-
-
-def dihedral(x: torch.Tensor, y: torch.Tensor | None, rng: np.random.Generator):
-    """Random rot90 x flip per sample (the 8 dihedral transforms), same for image and mask."""
-    xs, ys = [], []
-    for i in range(x.shape[0]):
-        k, flip = int(rng.integers(4)), bool(rng.integers(2))
-        xi = torch.rot90(x[i], k, dims=(-2, -1))
-        xi = xi.flip(-1) if flip else xi
-        xs.append(xi)
-        if y is not None:
-            yi = torch.rot90(y[i], k, dims=(-2, -1))
-            ys.append(yi.flip(-1) if flip else yi)
-    return torch.stack(xs), (torch.stack(ys) if y is not None else None)

@@ -23,11 +23,12 @@ from typing import Callable, Generator, Sequence
 import numpy as np
 import torch
 
+from ..augment import random_dihedral
 from ..bundle import atomic_write
 from ..models import Example
 from ..progress import Progress
 from .losses import consistency_loss, supervised_loss
-from .model import MGCCModel, dihedral
+from .model import MGCCModel
 from .network import MGCCConfig, MGCCNet
 from .preprocess import image_tensor, mask_tensor, normalize_input, resize_proba
 from .schedules import consistency_weight, learning_rate
@@ -214,9 +215,9 @@ class MGCCTrainer:
             ui = self._draw("unl", len(self.X_unl), self.n_unl_batch)
             xu = self.X_unl[ui].float() / 255
         if cfg.augment:
-            x, y = dihedral(x, y, self.rng)
+            x, y = random_dihedral(x, y, self.rng)
             if self.n_unl_batch:
-                xu, _ = dihedral(xu, None, self.rng)
+                xu, _ = random_dihedral(xu, None, self.rng)
         nl = x.shape[0]
         if self.n_unl_batch:
             x = torch.cat([x, xu])
