@@ -14,6 +14,7 @@ Scores are per image at native resolution (1000² for MoNuSeg), averaged over im
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -83,7 +84,25 @@ def load_data(names=None):
         found = load_monuseg(DATA, split=None)
     samples = {s.name: s for s in found}
     names = names or sorted(samples)
-    return [samples[n].load(channels=3) for n in names]
+    out = [samples[n].load(channels=3) for n in names]
+    if STAIN == "reinhard":
+        out = [dataclasses.replace(ex, image=reinhard(ex.image)) for ex in out]
+    return out
+
+
+#: ``TD_STAIN=reinhard``: every image's LAB statistics matched to fixed H&E targets first
+STAIN = os.environ.get("TD_STAIN", "")
+_LAB_TARGET = (np.array([52.6, 27.6, -14.1]), np.array([18.0, 8.3, 7.8]))  # MoNuSeg means
+
+
+def reinhard(image):
+    """Reinhard colour normalisation: per-channel LAB mean/std set to ``_LAB_TARGET``."""
+    from skimage.color import lab2rgb, rgb2lab
+
+    lab = rgb2lab(np.clip(image, 0, 1))
+    mu, sd = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0) + 1e-6
+    lab = (lab - mu) / sd * _LAB_TARGET[1] + _LAB_TARGET[0]
+    return np.clip(lab2rgb(lab), 0, 1).astype(np.float32)
 
 
 def patient_groups(data):
@@ -177,6 +196,7 @@ def parse_sets(sets):
 
 def log(args, rec):
     rec["dataset"] = DATASET
+    rec["stain"] = STAIN
     rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     rec["process_cpu_seconds"] = time.process_time()      # whole process, features included
     rec["load_average"] = os.getloadavg()[0]
