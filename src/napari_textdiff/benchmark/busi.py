@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from .common import UnitLog, asdict, run_record, seed_everything, summarize, unit_event
 
 __all__ = ["BusiConfig", "run_busi", "BUSI_METHODS", "split_busi"]

@@ -16,7 +16,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..core.progress import Progress
 from .common import (FeatureMemo, UnitLog, asdict, evaluate_predictions, resolve_backbone,
                      run_record, seed_everything, summarize, unit_event)
 

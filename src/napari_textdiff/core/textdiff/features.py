@@ -12,7 +12,6 @@ diffusers pipeline folder (``DIR/unet`` + ``DIR/scheduler``) is accepted too.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
