@@ -442,23 +442,6 @@ def test_unit_log_ignores_speed_only_settings_but_not_result_settings(tmp_path):
         UnitLog(tmp_path, "x", {**cfg, "epochs": 20}, ("method", "seed"), resume=True)
 
 
-def test_evaluation_reports_progress_per_image_and_returns_the_metrics():
-    from types import SimpleNamespace
-
-    from napari_textdiff.benchmark.common import evaluate_predictions
-    from napari_textdiff.core.progress import run
-
-    mask = np.zeros((4, 4), np.uint8)
-    mask[:2] = 1
-    exs = [SimpleNamespace(name=f"im{i}", mask=mask) for i in range(3)]
-    events = []
-    rows = run(evaluate_predictions(lambda ex: mask.astype(float) * (ex.name != "im2"), exs),
-               events.append)
-    assert [(e.stage, e.step, e.total) for e in events] == [("evaluate", i, 3) for i in (1, 2, 3)]
-    assert [r["name"] for r in rows] == ["im0", "im1", "im2"]
-    assert [r["dice"] for r in rows] == pytest.approx([1.0, 1.0, 0.0], abs=1e-4)
-
-
 def test_unit_log_keeps_run_records_of_finished_files_it_merges(tmp_path):
     """A final NAME.json keeps run-level records (BUSI's synthetic set) at top level; merging
     it must not lose them."""

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..core.augment import random_dihedral
+from ..core.configs import JsonConfig
 from ..core.mgcc.losses import bce_dice_loss
 from ..core.mgcc.model import MGCCModel
 from ..core.mgcc.network import BASE_CHANNELS, DoubleConv, Encoder, UpConv
@@ -32,16 +33,13 @@ __all__ = ["UNetConfig", "UNet", "SupervisedConfig", "train_unet", "train_mgcc_l
 
 
 @dataclasses.dataclass
-class UNetConfig:
+class UNetConfig(JsonConfig):
     in_channels: int = 3
     width: float = 0.25          # x (64..1024): 0.25 = 16..256 channels, ~1.9 M params
 
     @property
     def channels(self) -> tuple[int, ...]:
         return tuple(max(4, int(round(c * self.width))) for c in BASE_CHANNELS)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 class UNet(nn.Module):

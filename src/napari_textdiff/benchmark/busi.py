@@ -105,7 +105,7 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
     from ..core.device import resolve_device
     from ..core.metrics import mean_metrics
     from .baselines import SupervisedConfig, UNetConfig, train_mgcc_light, train_unet
-    from .common import evaluate_predictions
+    from ..core.evaluation import iter_evaluate
     from .fewshot import _curve
 
     cfg = config or BusiConfig()
@@ -181,8 +181,8 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
             n_lab, n_unl = len(lab), len(unl_imgs)
         train_seconds = time.monotonic() - t1
         test_ex = [load(s) for s in test]
-        per = yield from evaluate_predictions(
-            lambda ex: model.predict_proba(ex.image, mode="resize"), test_ex)
+        per = yield from iter_evaluate(
+            test_ex, (model.predict_proba(ex.image, mode="resize") for ex in test_ex))
         for r, s in zip(per, test):
             r["class"] = s.meta.get("class")
         metrics = mean_metrics([{k: r[k] for k in METRICS} for r in per])

@@ -8,7 +8,6 @@ difference between minutes and a day on a CPU.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 import shlex
@@ -16,15 +15,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from ..core.configs import config_dict as asdict  # noqa: F401 - the benchmarks' name
 from ..core.progress import Progress
 from ..core.textdiff.feature_memo import FeatureMemo  # noqa: F401 - one memo for benchmarks and GUI
 
-__all__ = ["run_record", "git_commit", "seed_everything", "evaluate_predictions",
-           "summarize", "FeatureMemo", "resolve_backbone", "peak_memory_mb", "Stopwatch",
+__all__ = ["run_record", "git_commit", "seed_everything", "summarize", "FeatureMemo", "resolve_backbone", "peak_memory_mb", "Stopwatch",
            "UnitLog"]
 
 
@@ -134,25 +133,6 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self._t0
 
 
-def evaluate_predictions(predict: Callable[[Any], np.ndarray], examples: Sequence,
-                         threshold: float = 0.5):
-    """Progress generator: per-image metrics (``core.metrics.binary_metrics``) of
-    ``predict(example) -> prob``, one ``evaluate`` event per image (scoring whole slides in
-    tiles takes minutes on a CPU, and a silent bar looks hung); returns the rows."""
-    from ..core.metrics import binary_metrics
-
-    rows = []
-    t0 = time.monotonic()
-    for i, ex in enumerate(examples):
-        prob = np.asarray(predict(ex))
-        m = binary_metrics(prob >= threshold, np.asarray(ex.mask) > 0)
-        rows.append({"name": ex.name, **m})
-        yield Progress("evaluate", step=i + 1, total=len(examples),
-                       message=f"scored {ex.name}: dice {m['dice']:.3f}",
-                       elapsed=time.monotonic() - t0)
-    return rows
-
-
 def summarize(rows: Sequence[dict], group: Sequence[str], metrics: Sequence[str]) -> list[dict]:
     """Aggregate per-seed result rows (each with ``metrics`` = per-image means and
     ``per_image``) into one row per ``group`` key: mean over seeds, ``_std`` over seeds (the
@@ -216,11 +196,6 @@ def unit_event(done: int, total: int, message: str, t0: float) -> Progress:
     """The benchmark-level progress event (one per finished run of a method)."""
     return Progress("benchmark", step=done, total=total, message=message,
                     elapsed=time.monotonic() - t0)
-
-
-def asdict(cfg) -> dict:
-    d = dataclasses.asdict(cfg)
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
 class UnitLog:

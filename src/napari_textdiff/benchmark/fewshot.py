@@ -16,8 +16,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .common import (FeatureMemo, UnitLog, asdict, evaluate_predictions, resolve_backbone,
-                     run_record, seed_everything, summarize, unit_event)
+from ..core.evaluation import iter_evaluate
+from .common import (FeatureMemo, UnitLog, asdict, resolve_backbone, run_record, seed_everything,
+                     summarize, unit_event)
 
 __all__ = ["MonusegConfig", "run_monuseg", "TextDiffVariants", "METHODS", "TEXTDIFF_MODES"]
 
@@ -196,7 +197,7 @@ def fit_and_evaluate(method: str, protocol: str, train, test, cfg, variants, see
     train_seconds = time.monotonic() - t0
     feat1 = memo.compute_seconds if memo is not None else 0.0
     t1 = time.monotonic()
-    per_image = yield from evaluate_predictions(predict, test)
+    per_image = yield from iter_evaluate(test, (predict(ex) for ex in test))
     predict_seconds = (time.monotonic() - t1) / max(1, len(test))
     if memo is not None:
         # the memo is shared by units: only the first unit to see an image pays its features,

@@ -17,8 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from .common import (UnitLog, asdict, evaluate_predictions, resolve_backbone, run_record,
-                     summarize, unit_event)
+from ..core.evaluation import iter_evaluate
+from .common import UnitLog, asdict, resolve_backbone, run_record, summarize, unit_event
 
 __all__ = ["XrayConfig", "run_xray", "XRAY_METHODS"]
 
@@ -136,8 +136,8 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
             hist = yield from model.fit(train, None, should_stop=should_stop)
             train_seconds = time.monotonic() - t1
             feat1 = variants.memo.compute_seconds
-            per = yield from evaluate_predictions(
-                lambda ex: model.predict_proba(ex.image, ex.text), test)
+            per = yield from iter_evaluate(
+                test, (model.predict_proba(ex.image, ex.text) for ex in test))
             fresh = {"train": round(feat1 - feat0, 3),     # the memo is shared by units
                      "predict": round(variants.memo.compute_seconds - feat1, 3)}
             metrics = mean_metrics([{k2: v for k2, v in r.items() if k2 != "name"} for r in per])

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..configs import JsonConfig
 from .attention_gate import MultiScaleAttentionGate
 from .perturbations import Dropout, FeatureDropout, FeatureNoise
 
@@ -25,7 +26,7 @@ BASE_CHANNELS = (64, 128, 256, 512, 1024)
 
 
 @dataclasses.dataclass
-class MGCCConfig:
+class MGCCConfig(JsonConfig):
     """Everything needed to rebuild the network (stored in bundles as JSON)."""
 
     in_channels: int = 3
@@ -38,18 +39,6 @@ class MGCCConfig:
     def channels(self) -> tuple[int, ...]:
         return tuple(max(4, int(round(c * self.width))) for c in BASE_CHANNELS)
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["depths"] = list(self.depths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MGCCConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
-        if "depths" in d:
-            d["depths"] = tuple(int(x) for x in d["depths"])
-        return cls(**d)
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:

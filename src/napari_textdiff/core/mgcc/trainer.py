@@ -25,6 +25,7 @@ import torch
 
 from ..augment import random_dihedral
 from ..bundle import atomic_write
+from ..configs import JsonConfig
 from ..models import Example
 from ..progress import Progress
 from .losses import consistency_loss, supervised_loss
@@ -40,7 +41,7 @@ BEST = "best.safetensors"
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(JsonConfig):
     iterations: int = 2000
     size: int = 256
     batch_labeled: int = 4
@@ -64,11 +65,6 @@ class TrainConfig:
         return float(self.rampup_iters if self.rampup_iters is not None
                      else self.rampup_fraction * self.iterations)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
 
 def atomic_torch_save(obj, path) -> Path:
     """``torch.save`` through :func:`core.bundle.atomic_write` (never half-written)."""
@@ -77,20 +73,20 @@ def atomic_torch_save(obj, path) -> Path:
 
 def evaluate_model(model: MGCCModel, examples: Sequence[Example], threshold: float | None = None,
                    batch_size: int = 8) -> tuple[dict, list[dict]]:
-    """Per-image metrics at each image's own resolution; returns ``(mean, per_image)``."""
-    from ..metrics import binary_metrics, mean_metrics
+    """Per-image metrics at each image's own resolution (``core.evaluation``), predicted
+    ``batch_size`` images per forward pass; returns ``(mean, per_image)``."""
+    from ..evaluation import evaluate
 
     thr = model.threshold if threshold is None else threshold
-    per = []
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
-        x = torch.stack([image_tensor(e.image, model.channels, model.size) for e in chunk])
-        probs = model.predict_batch(x).cpu()
-        for e, p in zip(chunk, probs):
-            mask = np.asarray(e.mask)
-            prob = resize_proba(p[None], mask.shape[:2])[0, 0].numpy()
-            per.append(binary_metrics(prob >= thr, mask > 0))
-    return mean_metrics(per), per
+
+    def probs():
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i:i + batch_size]
+            x = torch.stack([image_tensor(e.image, model.channels, model.size) for e in chunk])
+            for e, p in zip(chunk, model.predict_batch(x).cpu()):
+                yield resize_proba(p[None], np.asarray(e.mask).shape[:2])[0, 0].numpy()
+
+    return evaluate(examples, probs(), thr)
 
 
 class MGCCTrainer:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..configs import JsonConfig
+
 __all__ = ["TextDiffConfig", "PRESETS", "DEFAULT_TEXT_ENCODER", "TEXT_MODES", "FEATURE_KINDS",
            "HEAD_KINDS"]
 
@@ -21,7 +23,7 @@ HEAD_KINDS = ("conv", "light")
 
 
 @dataclasses.dataclass
-class TextDiffConfig:
+class TextDiffConfig(JsonConfig):
     # --- frozen diffusion features -------------------------------------------------------
     backbone: str = ""                      # UNet2DModel.save_pretrained dir or hub id
     taps: list[str] | None = None           # decoder modules, e.g. "up_blocks.1.resnets.2";
@@ -98,14 +100,6 @@ class TextDiffConfig:
         self.decoder = [int(c) for c in self.decoder]
         if self.taps is not None:
             self.taps = [str(t) for t in self.taps]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TextDiffConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod
     def preset(cls, name: str = "cpu", **overrides) -> "TextDiffConfig":
