@@ -1,15 +1,26 @@
 """Progress events: one generator protocol behind the CLI, the Python API and napari workers.
 
 A long job is a generator that ``yield``s :class:`Progress` events and ``return``s its result.
-Whoever drives it may stop between events (stop iterating, or call ``close()``); the job keeps
-whatever it trains valid at every yield, so a stopped run still leaves a usable model.
+The model it trains is valid at every yield.
+
+Stopping a job — the one story (every job, every front end):
+
+- **Stop, keeping the result**: the job's ``should_stop`` argument, a callable polled between
+  steps (the Stop buttons). When it turns true the job *returns* what it has: a fit's history
+  with ``stopped=True`` and the best head so far, ``None`` from a prediction (callers keep
+  what they had). Where one step is long (a diffusion UNet forward on a CPU), the job also
+  polls inside the step: a hook raises :class:`StopRequested`, which the job itself catches —
+  it never reaches the caller.
+- **Abandon**: ``gen.close()`` (the CLI on Ctrl-C, any consumer that stops iterating). The
+  job's ``finally`` blocks run (best validated weights restored, temporary files removed),
+  there is no return value, and the model object is still usable and can be saved.
 """
 from __future__ import annotations
 
 import dataclasses
 import sys
 import time
-from typing import Any, Callable, Generator, Iterable
+from typing import Any, Callable, Generator
 
 __all__ = ["Progress", "run", "StopRequested", "print_progress"]
 
@@ -47,25 +58,26 @@ class Progress:
 
 
 class StopRequested(Exception):
-    """Raised inside a job when its ``should_stop`` callback says so (caught by the job)."""
+    """Unwinds a long step when ``should_stop()`` turns true inside it; the job that installed
+    the check catches it and returns (see the module docstring)."""
 
 
 def run(gen: Generator[Progress, None, Any],
-        callback: Callable[[Progress], None] | None = None,
-        should_stop: Callable[[], bool] | None = None) -> Any:
+        callback: Callable[[Progress], None] | None = None) -> Any:
     """Drain a progress generator synchronously and return the job's result.
 
-    ``callback`` sees every event; if ``should_stop()`` turns true the generator is closed at the
-    next event (the job's cleanup runs) and ``None`` is returned.
+    Args:
+        gen: the job.
+        callback: sees every event (e.g. :func:`print_progress`).
+
+    Returns:
+        The job's ``return`` value. To stop early, give the job a ``should_stop``.
     """
     try:
         while True:
             ev = next(gen)
             if callback is not None:
                 callback(ev)
-            if should_stop is not None and should_stop():
-                gen.close()
-                return None
     except StopIteration as stop:
         return stop.value
 
@@ -84,10 +96,3 @@ def print_progress(every: float = 1.0, stream=None) -> Callable[[Progress], None
 
     return cb
 
-
-def timed(events: Iterable[Progress], start: float | None = None):
-    """Fill ``elapsed`` on events passing through (helper for jobs)."""
-    start = time.monotonic() if start is None else start
-    for ev in events:
-        ev.elapsed = time.monotonic() - start
-        yield ev
