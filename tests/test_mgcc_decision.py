@@ -28,7 +28,7 @@ def test_finetune_defaults_are_the_library_defaults():
     sig = inspect.signature(finetune_model)
     for k, v in FINETUNE_DEFAULTS.items():
         assert sig.parameters[k].default == v, k
-    assert FINETUNE_DEFAULTS["train"] == "decoder"
+    assert FINETUNE_DEFAULTS["train"] == "output"
 
 
 @pytest.fixture(scope="module")

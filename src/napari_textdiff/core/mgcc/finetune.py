@@ -1,7 +1,8 @@
 """Fine-tuning an MGCC model on a few corrected masks (the Fine-tune panel's loop).
 
-Why these defaults (``FINETUNE_DEFAULTS``): with a handful of images, only the main decoder
-(attention gates and head included) adapts; the encoder and ConvMixer stay frozen and every
+Why these defaults (``FINETUNE_DEFAULTS``): with a handful of images, at most the main decoder
+(attention gates and head included) adapts, by default only its 1x1 output layer (what was
+measured to do no harm); the encoder and ConvMixer stay frozen and every
 BatchNorm keeps its running statistics (the net stays in eval mode), since statistics from
 batches of 2 would ruin them. Because the frozen part is deterministic, its features are
 computed once per image and per dihedral transform (8 per image) and cached, so each step only
@@ -26,9 +27,10 @@ from .preprocess import image_tensor, mask_tensor, normalize_input
 __all__ = ["FINETUNE_DEFAULTS", "finetune_model", "dihedral_one"]
 
 #: Library defaults of ``MGCCModel.finetune`` (and of the GUI's Fine-tune panel for MGCC).
-#: Measured on BUSI (models/README.md): Adam 1e-3 for 30 epochs lost 5-12 Dice points on the
-#: other cases, in distribution and under a simulated scanner change; 1e-4 for 20 epochs is
-#: the setting that did not hurt on average. The numbers live in the torch-free
+#: Measured on BUSI (models/README.md): every setting that moves the decoder lost Dice on the
+#: other cases (Adam 1e-3 x 30: 5-12 points; 1e-4 x 20: 2-5; with an L2-SP anchor or AdaBN
+#: too), in distribution and under a simulated scanner change; the 1x1 output layer alone
+#: (Adam 3e-2 x 60) is the setting that did no harm. The numbers live in the torch-free
 #: ``core.finetune_defaults`` (the Fine-tune panel reads them there).
 FINETUNE_DEFAULTS = _ALL_DEFAULTS["mgcc"]
 

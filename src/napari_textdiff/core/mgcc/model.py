@@ -168,7 +168,7 @@ class MGCCModel:
 
     # ------------------------------------------------------------------ fine-tuning
     def finetune(self, examples: Sequence, *, should_stop=None, device: Any = None, **kw):
-        """Fine-tune the main decoder on a few corrected masks (progress generator).
+        """Fine-tune on a few corrected masks (progress generator): by default the output layer.
 
         Options and their defaults: ``core.mgcc.finetune.FINETUNE_DEFAULTS`` (epochs, lr,
         batch_size, optimizer, train, augment) plus ``seed``; see ``finetune_model``. The
