@@ -66,7 +66,9 @@ def test_tune_sets_the_threshold_and_records_it():
     model, exs = _Echo(), _examples()
     events = []
     rec = run(tune_threshold(model, exs), callback=events.append)
-    assert model.calls == 4 and [e.step for e in events] == [1, 2, 3, 4]
+    assert model.calls == 4 and [e.step for e in events] == [0, 1, 2, 3, 4]
+    assert "noisy" in events[0].message          # 4 < FEW_IMAGES: every front end shows it
+    assert not any("noisy" in e.message for e in events[1:])
     assert rec["threshold"] == pytest.approx(0.7) and get_threshold(model) == pytest.approx(0.7)
     assert rec["previous"] == 0.5 and rec["dice"] == pytest.approx(1.0)
     assert rec["dice_at_previous"] < 0.9 and len(rec["dice_by_threshold"]) == len(DEFAULT_GRID)

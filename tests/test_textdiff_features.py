@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_textdiff.core.normalize import to_model_channels
 from napari_textdiff.core.textdiff.features import (DiffusionFeatures, load_backbone,
-                                                    paper_block_tap, random_backbone,
-                                                    to_model_channels)
+                                                    paper_block_tap, random_backbone)
 from textdiff_testkit import make_tiny_backbone
 
 

@@ -46,20 +46,12 @@ def _select(samples, names: str | None):
     return [by_name[n] for n in wanted]
 
 
-def warn_if_few(n: int) -> None:
-    """One shared warning for `calibrate` and `textdiff fit --calibrate`."""
-    from napari_textdiff.core.calibration import FEW_IMAGES
-
-    if n < FEW_IMAGES:
-        print(f"warning: a threshold picked on {n} image(s) is a noisy choice", file=sys.stderr)
-
-
 def _run(args) -> int:
     from pathlib import Path
 
     from napari_textdiff.cli._common import load_model, probability, writable_file
-    from napari_textdiff.cli.textdiff import _samples
     from napari_textdiff.core.calibration import DEFAULT_GRID, tune_threshold
+    from napari_textdiff.core.datasets import labelled_samples
     from napari_textdiff.core.progress import print_progress, run
 
     try:
@@ -75,7 +67,7 @@ def _run(args) -> int:
     if names is None and args.split is None and val_names:
         names = ",".join(val_names)
         print(f"using the model's {len(val_names)} recorded validation image(s)", file=sys.stderr)
-    samples = _select(_samples(args.data, args.split, args.describe_classes), names)
+    samples = _select(labelled_samples(args.data, args.split, args.describe_classes), names)
     if not samples:
         raise ValueError(f"{args.data}: no labelled images")
     seen = set(training.get("images") or []) - set(val_names)
@@ -85,7 +77,6 @@ def _run(args) -> int:
               f"({', '.join(overlap[:3])}{' ...' if len(overlap) > 3 else ''}): the threshold "
               "will suit its training data, not new images", file=sys.stderr)
     examples = [s.load(channels=model.channels) for s in samples]
-    warn_if_few(len(examples))
     rec = run(tune_threshold(model, examples, grid, tiled=not args.resize,
                              apply=not args.dry_run), callback=print_progress(every=2.0))
     out = None

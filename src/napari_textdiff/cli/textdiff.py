@@ -62,15 +62,6 @@ def register(sub) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
 
 
-def _samples(path, split, describe=False):
-    from napari_textdiff.core.datasets import discover
-
-    kw = {"split": split} if split else {}
-    if describe:
-        kw["describe"] = True
-    return [s for s in discover(path, **kw) if s.has_mask]
-
-
 def _fit_keeping_work(model, gen, out, names, validated: bool):
     """Drive the fit generator; on Ctrl-C close it (the model keeps its best validated head,
     or the last one) and save that model to ``out`` before exiting, saying so."""
@@ -107,7 +98,7 @@ def _fit(args) -> int:
     from pathlib import Path
 
     from napari_textdiff.cli._common import writable_file
-    from napari_textdiff.core.datasets import kshot
+    from napari_textdiff.core.datasets import kshot, labelled_samples
     from napari_textdiff.core.progress import print_progress, run
     from napari_textdiff.core.textdiff.config import TextDiffConfig
     from napari_textdiff.core.textdiff.model import TextDiffModel
@@ -116,7 +107,7 @@ def _fit(args) -> int:
         raise ValueError("--calibrate picks the threshold on validation images: give --val or "
                          "--val-fraction")
     writable_file(args.out)          # before any work: a bad --out must not cost a training
-    samples = _samples(args.data, args.split, args.describe_classes)
+    samples = labelled_samples(args.data, args.split, args.describe_classes)
     if not samples:
         raise ValueError(f"{args.data}: no labelled images")
     if args.shots:
@@ -147,7 +138,7 @@ def _fit(args) -> int:
     val = None
     if args.val:
         val = [s.load(channels=model.channels)
-               for s in _samples(args.val, args.val_split, args.describe_classes)]
+               for s in labelled_samples(args.val, args.val_split, args.describe_classes)]
     print(f"fitting on {len(train)} images ({', '.join(s.name for s in samples)}); head "
           f"{model.num_parameters:,} params, taps {model.features.taps}", file=sys.stderr)
     hist = _fit_keeping_work(model, model.fit(train, val, val_fraction=args.val_fraction,
@@ -158,7 +149,6 @@ def _fit(args) -> int:
     model.save(out)               # the trained head is kept whatever calibration does
     tuning = None
     if args.calibrate:
-        from napari_textdiff.cli.calibrate import warn_if_few
         from napari_textdiff.core.calibration import tune_threshold
 
         val_examples = val if val else [train[i] for i in hist.get("val_index") or []]
@@ -167,7 +157,6 @@ def _fit(args) -> int:
                   "training images to split off any?); the threshold stays "
                   f"{model.config.threshold}", file=sys.stderr)
         else:
-            warn_if_few(len(val_examples))
             tuning = run(tune_threshold(model, val_examples), callback=print_progress(every=2.0))
             model.save(out)
     summary = {k: hist.get(k) for k in ("epochs_run", "best_epoch", "best_val_dice", "tiles",

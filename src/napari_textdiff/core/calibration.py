@@ -20,7 +20,7 @@ from .progress import Progress
 __all__ = ["DEFAULT_GRID", "FEW_IMAGES", "dice_by_threshold", "pick_threshold",
            "get_threshold", "set_threshold", "tune_threshold"]
 
-FEW_IMAGES = 5     # below this many validation images the pick is noisy (callers warn)
+FEW_IMAGES = 5     # below this many validation images the pick is noisy (said in an event)
 DEFAULT_GRID: tuple[float, ...] = tuple(float(t) for t in np.round(np.arange(0.1, 0.951, 0.05), 2))
 
 
@@ -76,7 +76,9 @@ def tune_threshold(model, examples: Sequence[Example], grid: Sequence[float] = D
     and (``apply``) set the best one on the model and record it in ``model.meta``.
 
     Returns the record (``threshold``, ``previous``, ``grid``, ``dice``, ``images``), or None
-    when stopped before the end, in which case the model is left unchanged.
+    when stopped before the end, in which case the model is left unchanged. Fewer than
+    ``FEW_IMAGES`` examples: the first event's message says the pick is noisy (every front
+    end shows it).
     """
     examples = list(examples)
     if not examples:
@@ -85,6 +87,10 @@ def tune_threshold(model, examples: Sequence[Example], grid: Sequence[float] = D
     if not grid or any(not 0.0 < t < 1.0 for t in grid):
         raise ValueError(f"threshold grid must be non-empty values in (0, 1), got {grid}")
     t0 = time.monotonic()
+    if len(examples) < FEW_IMAGES:
+        yield Progress("calibrate", step=0, total=len(examples),
+                       message=f"warning: a threshold picked on {len(examples)} image(s) is a "
+                               "noisy choice")
     probs = []
     for i, ex in enumerate(examples):
         if should_stop is not None and should_stop():

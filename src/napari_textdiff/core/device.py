@@ -156,7 +156,7 @@ def release(*models) -> None:
             except Exception:   # a half-built or already closed model: nothing to move
                 pass
     try:
-        from .diffusion.synthesize import clear_pipeline_cache
+        from .diffusion.ldm_cache import clear_pipeline_cache
         clear_pipeline_cache()
     except ImportError:
         pass

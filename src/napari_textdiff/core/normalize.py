@@ -21,6 +21,7 @@ Masks (:func:`binary_mask`): the rule of :func:`core.io.read_mask` for arrays, s
 napari, passed to the API or read from a file means the same thing: bool/integer -> nonzero is
 foreground; float in [0, 1] -> above 0.5; other floats -> nonzero; NaN, no mask, or a mask that
 is not 2-D are errors. Descriptions (:func:`clean_text`) must be strings.
+Batches of normalised images become network input with :func:`to_model_channels`.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["normalize_image", "white_level", "binary_mask", "clean_text", "LUMA_BT601"]
+__all__ = ["normalize_image", "white_level", "binary_mask", "clean_text", "to_model_channels",
+           "LUMA_BT601"]
 
 LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _DEPTHS = (8, 10, 12, 14, 16)
@@ -157,3 +159,24 @@ def clean_text(text, name: str = "description") -> str:
     if any("\ud800" <= ch <= "\udfff" for ch in text):
         text = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
     return text
+
+
+def to_model_channels(images, channels: int):
+    """(B, H, W, C) float array/tensor in [0, 1] -> (B, channels, H, W) tensor in [-1, 1]."""
+    import torch
+
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    if x.ndim == 3:
+        x = x[..., None]
+    x = x.permute(0, 3, 1, 2)
+    c = x.shape[1]
+    if c == 4:                       # drop alpha
+        x, c = x[:, :3], 3
+    if c != channels:
+        if channels == 1:
+            x = x.mean(1, keepdim=True) if c == 3 else x[:, :1]
+        elif channels == 3 and c == 1:
+            x = x.expand(-1, 3, -1, -1)
+        else:
+            raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
+    return (x * 2 - 1).contiguous()

@@ -22,7 +22,7 @@ from .xray import XRAY_TARGETS, load_xray
 
 __all__ = [
     "Sample", "load_monuseg", "load_busi", "load_xray", "load_folder", "discover",
-    "detect_layout", "kshot", "train_val_split", "LAYOUTS", "XRAY_TARGETS", "BUSI_DESCRIPTIONS",
+    "detect_layout", "labelled_samples", "kshot", "train_val_split", "LAYOUTS", "XRAY_TARGETS", "BUSI_DESCRIPTIONS",
 ]
 
 LAYOUTS: dict[str, Callable[..., list[Sample]]] = {
@@ -85,3 +85,13 @@ def discover(path, layout: str = "auto", **kw) -> list[Sample]:
     if not samples:
         raise ValueError(f"{path}: the {layout} layout was recognised but holds no images")
     return samples
+
+
+def labelled_samples(path, split: str | None = None, describe: bool = False) -> list[Sample]:
+    """The samples with a mask of any dataset folder (``discover``): what fitting and
+    calibrating read. ``split`` for layouts with splits; ``describe`` gives BUSI images their
+    class sentence (``BUSI_DESCRIPTIONS``)."""
+    kw: dict = {"split": split} if split else {}
+    if describe:
+        kw["describe"] = True
+    return [s for s in discover(path, **kw) if s.has_mask]

@@ -19,20 +19,11 @@ from pathlib import Path
 from typing import Callable, Generator
 
 from ..progress import Progress
-
 from .ldm import LDM_META, _rmse_matrix, thumbnails
+from .ldm_cache import _PIPELINE_CACHE, clear_pipeline_cache
 
 __all__ = ["TrainingIndex", "load_ldm", "synthesize", "write_samples", "clear_pipeline_cache",
            "sample_seed"]
-
-# the last loaded LDM, so repeated Generate clicks do not reload it (``device.release`` clears it)
-_PIPELINE_CACHE: dict = {}
-
-
-def clear_pipeline_cache() -> None:
-    """Forget the cached LDM (frees its memory once nothing else holds it)."""
-    _PIPELINE_CACHE.clear()
-
 
 def _ldm_key(d: Path, device) -> tuple:
     files = [d / LDM_META, *sorted((d / "unet").glob("*")), *sorted((d / "vae").glob("*"))]

@@ -95,7 +95,7 @@ class ClassicFeatures:
         """(B, H, W, C) float images in [0, 1] (any channel count) -> [float32 CPU tensor]."""
         import torch
 
-        from .features import to_model_channels
+        from ..normalize import to_model_channels
 
         x = (to_model_channels(images, self.in_channels) + 1) / 2
         outs = []

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["DiffusionFeatures", "load_backbone", "default_taps", "paper_block_tap",
-           "random_backbone", "to_model_channels"]
+           "random_backbone"]
 
 
 from ..diffusion.backbone import load_backbone  # noqa: E402  (re-exported)
@@ -81,27 +81,6 @@ def paper_block_tap(unet, index: int) -> str:
         return guided_output_block_to_tap(int(index), unet.config)
     except ValueError as e:
         raise ValueError(f"block:{index}: {e}") from None
-
-
-def to_model_channels(images, channels: int):
-    """(B, H, W, C) float array/tensor in [0, 1] -> (B, channels, H, W) tensor in [-1, 1]."""
-    import torch
-
-    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
-    if x.ndim == 3:
-        x = x[..., None]
-    x = x.permute(0, 3, 1, 2)
-    c = x.shape[1]
-    if c == 4:                       # drop alpha
-        x, c = x[:, :3], 3
-    if c != channels:
-        if channels == 1:
-            x = x.mean(1, keepdim=True) if c == 3 else x[:, :1]
-        elif channels == 3 and c == 1:
-            x = x.expand(-1, 3, -1, -1)
-        else:
-            raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
-    return (x * 2 - 1).contiguous()
 
 
 class DiffusionFeatures:
@@ -236,6 +215,8 @@ class DiffusionFeatures:
         float32 copy between backbone and head (prediction). ``on_device=False``: float32 CPU."""
         import torch
         import torch.nn.functional as F
+
+        from ..normalize import to_model_channels
 
         x = to_model_channels(images, self.in_channels)
         h, w = x.shape[-2:]
