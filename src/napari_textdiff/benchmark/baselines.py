@@ -11,7 +11,6 @@ Training data for the native-resolution protocol: overlapping ``size``² crops o
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Callable, Sequence
 
@@ -209,11 +208,3 @@ def train_mgcc_light(examples: Sequence[Example], unlabeled: Sequence[np.ndarray
     model.inference = inference
     return model, {"loss": losses, "validation": trainer.history,
                    "best_iteration": trainer.best_it}
-
-
-def num_params(model) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
-
-
-def iterations_for(epochs: int, n: int, batch: int) -> int:
-    return max(1, math.ceil(epochs * n / batch))

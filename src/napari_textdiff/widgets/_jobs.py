@@ -106,15 +106,13 @@ class Sample:
 
 
 def unpack_sample(payload) -> Sample | None:
-    """The synthesizer's per-sample payload (a dict, see ``core.diffusion.synthesize``)."""
-    if not isinstance(payload, dict) or payload.get("image") is None:
+    """The synthesizer's per-sample payload (a dict with every field, see
+    ``core.diffusion.synthesize``) as a :class:`Sample`; ``None`` for payload-free events."""
+    if not isinstance(payload, dict):
         return None
-    img = np.asarray(payload["image"], dtype=np.float32)
-    img = img[..., None] if img.ndim == 2 else img
-    dist, thr = payload.get("distance"), payload.get("threshold")
-    return Sample(img, None if dist is None else float(dist), payload.get("nearest"),
-                  bool(payload.get("near_copy", False)), None if thr is None else float(thr),
-                  int(payload.get("index", 0)), int(payload.get("seed", 0)))
+    return Sample(np.asarray(payload["image"], dtype=np.float32), float(payload["distance"]),
+                  payload["nearest"], bool(payload["near_copy"]), float(payload["threshold"]),
+                  int(payload["index"]), int(payload["seed"]))
 
 
 def synthesize_job(ldm_dir, n: int, steps: int, eta: float, seed: int, device="auto",

@@ -197,10 +197,6 @@ class MGCCNet(nn.Module):
         return {k: v for k, v in self.state_dict().items()
                 if not k.startswith(("aux_decoders.", "perturbations."))}
 
-    def encoder_parameters(self):
-        yield from self.encoder.parameters()
-        yield from self.mixer.parameters()
-
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

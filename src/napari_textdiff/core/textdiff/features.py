@@ -37,12 +37,6 @@ def random_backbone(preset: str = "small", in_channels: int = 3, sample_size: in
                                      sample_size=sample_size)).eval()
 
 
-def _level_stride(unet, k: int) -> int:
-    """Output-to-input stride of up_blocks[k] (before its upsampler)."""
-    n = len(unet.up_blocks)
-    return 2 ** (n - 1 - k)
-
-
 def default_taps(unet) -> list[str]:
     """Paper-like taps: the MoNuSeg blocks {6, 8, 12, 16} of guided diffusion are the first
     layer at stride 8, the upsampler into stride 4, the first layer at stride 2 and the second
