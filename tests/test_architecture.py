@@ -33,7 +33,33 @@ def test_cli_help_is_light():
     assert out.stdout.strip() == "[]"
 
 
-def test_cli_help_lists_commands():
+# every command a user can type (README, docs); a module that fails to register must fail here
+COMMANDS = {"evaluate": (), "info": (), "textdiff": ("fit",), "segment": (), "finetune": (),
+            "calibrate": (), "mgcc": ("train",), "pretrain-backbone": (), "convert-guided": (),
+            "train-ldm": (), "synthesize": (), "benchmark": ("monuseg", "busi", "xray", "speed",
+                                                            "finetune", "report"),
+            "demo": ()}
+
+
+def _subcommands(parser) -> dict:
+    import argparse
+
+    acts = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(acts[0].choices) if acts else {}
+
+
+def test_cli_has_every_command_and_action():
+    from napari_textdiff.cli import build_parser
+
+    top = _subcommands(build_parser())
+    assert set(top) == set(COMMANDS)
+    for name, actions in COMMANDS.items():
+        assert set(_subcommands(top[name])) == set(actions), name
+
+
+def test_cli_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "napari_textdiff.cli", "--help"],
                          capture_output=True, text=True, check=True)
-    assert "info" in out.stdout
+    listed = {line.split()[0] for line in out.stdout.splitlines()
+              if line.startswith("    ") and line.split()}
+    assert set(COMMANDS) <= listed

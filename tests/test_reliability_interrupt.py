@@ -12,7 +12,8 @@ from PIL import Image
 
 from napari_textdiff.core import io
 from napari_textdiff.core.bundle import read_bundle_header
-from textdiff_testkit import make_tiny_backbone, make_tiny_bert, shapes_set
+from textdiff_testkit import (make_tiny_backbone, make_tiny_bert, shapes_set,
+                              write_folder_dataset)
 
 
 def _interrupt_when(args, marker: str):
@@ -38,15 +39,7 @@ def _interrupt_when(args, marker: str):
 
 
 def test_ctrl_c_during_textdiff_fit_saves_the_head(tmp_path):
-    ds = tmp_path / "ds"
-    (ds / "images").mkdir(parents=True)
-    (ds / "masks").mkdir()
-    rows = ["image,description"]
-    for i, ex in enumerate(shapes_set(4, seed=0)):
-        io.write_image(ds / "images" / f"im{i}.png", (ex.image * 255).astype(np.uint8))
-        io.write_mask(ds / "masks" / f"im{i}.png", ex.mask)
-        rows.append(f"im{i}.png,{ex.text}")
-    (ds / "descriptions.csv").write_text("\n".join(rows) + "\n")
+    ds = write_folder_dataset(tmp_path / "ds", shapes_set(4, seed=0))
     out = tmp_path / "existing.safetensors"
     out.write_bytes(b"an older file the user asked to replace")
     rc, err = _interrupt_when(
@@ -84,3 +77,22 @@ def test_ctrl_c_during_mgcc_train_saves_the_model(tmp_path):
     assert hdr["kind"] == "mgcc" and hdr["meta"]["interrupted"] is True
     assert hdr["meta"]["best_iteration"] >= 2
     assert (tmp_path / "m_run" / "checkpoint.pt").is_file()      # and --resume still works
+
+
+def test_ctrl_c_during_finetune_saves_the_model_so_far(tmp_path, tiny_mgcc_path):
+    from conftest import blob_image
+
+    data = tmp_path / "corrected"
+    data.mkdir()
+    for i in range(2):
+        img, mask = blob_image(seed=i)
+        io.write_image(data / f"c{i}.png", img)
+        io.write_mask(data / f"c{i}_labels.tif", mask)
+    out = tmp_path / "new.safetensors"
+    rc, err = _interrupt_when(["finetune", str(tiny_mgcc_path), str(data), "--out", str(out),
+                               "--epochs", "100000", "--device", "cpu"], "finetune ")
+    assert rc == 130, err
+    assert f"saved the model as far as it got to {out}" in err
+    entry = read_bundle_header(out)["meta"]["finetunes"][-1]
+    assert entry["interrupted"] is True and entry["steps_run"] >= 1
+    assert entry["images"] == ["c0", "c1"]

@@ -7,21 +7,14 @@ import pytest
 from napari_textdiff.cli import main
 from napari_textdiff.core import io
 from napari_textdiff.core.bundle import read_bundle_header
-from textdiff_testkit import make_tiny_backbone, make_tiny_bert, shapes_set
+from textdiff_testkit import (make_tiny_backbone, make_tiny_bert, shapes_set,
+                              write_folder_dataset)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    ds = root / "ds"
-    (ds / "images").mkdir(parents=True)
-    (ds / "masks").mkdir()
-    rows = ["image,description"]
-    for i, ex in enumerate(shapes_set(6, seed=0)):
-        io.write_image(ds / "images" / f"im{i}.png", (ex.image * 255).astype(np.uint8))
-        io.write_mask(ds / "masks" / f"im{i}.png", ex.mask)
-        rows.append(f"im{i}.png,{ex.text}")
-    (ds / "descriptions.csv").write_text("\n".join(rows) + "\n")
+    ds = write_folder_dataset(root / "ds", shapes_set(6, seed=0))
     return {"root": root, "ds": ds, "bb": make_tiny_backbone(root / "bb"),
             "bert": make_tiny_bert(root / "bert")}
 

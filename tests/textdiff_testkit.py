@@ -62,6 +62,23 @@ def shapes_set(n: int, seed: int = 0, size: int = 32, both: bool = True):
     return out
 
 
+def write_folder_dataset(ds, examples, descriptions: bool = True):
+    """``ds/images/imI.png`` + ``ds/masks/imI.png`` (+ ``descriptions.csv``): the generic
+    folder layout the CLI reads; returns ``ds``."""
+    from napari_textdiff.core import io
+
+    (ds / "images").mkdir(parents=True)
+    (ds / "masks").mkdir()
+    rows = ["image,description"]
+    for i, ex in enumerate(examples):
+        io.write_image(ds / "images" / f"im{i}.png", (ex.image * 255).astype(np.uint8))
+        io.write_mask(ds / "masks" / f"im{i}.png", ex.mask)
+        rows.append(f"im{i}.png,{ex.text}")
+    if descriptions:
+        (ds / "descriptions.csv").write_text("\n".join(rows) + "\n")
+    return ds
+
+
 def dice(a, b) -> float:
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
     return float((2 * (a & b).sum() + 1e-6) / (a.sum() + b.sum() + 1e-6))

@@ -23,8 +23,8 @@ from ..core.configs import config_dict as asdict  # noqa: F401 - the benchmarks'
 from ..core.progress import Progress
 from ..core.textdiff.feature_memo import FeatureMemo  # noqa: F401 - one memo for benchmarks and GUI
 
-__all__ = ["run_record", "git_commit", "seed_everything", "summarize", "FeatureMemo", "resolve_backbone", "peak_memory_mb", "Stopwatch",
-           "UnitLog"]
+__all__ = ["run_record", "git_commit", "seed_everything", "summarize", "FeatureMemo",
+           "resolve_backbone", "peak_memory_mb", "Stopwatch", "UnitLog"]
 
 
 def git_commit(cwd=None) -> str | None:
@@ -171,15 +171,15 @@ def resolve_backbone(backbone, out_dir: Path, preset: str, in_channels: int = 3,
     initialised backbone of ``preset`` saved under ``out_dir`` (results then measure an
     untrained feature extractor; the record says so).
     """
-    from ..core.defaults import models_dir
+    from ..core.defaults import default_backbone_dir
 
     if backbone:
         p = Path(backbone).expanduser()
         if not p.is_dir():
             raise FileNotFoundError(f"--backbone {backbone}: no such directory")
         return str(p.resolve()), {"source": "given", "path": str(p.resolve())}
-    bundled = models_dir() / "backbone"
-    if (bundled / "config.json").is_file() or (bundled / "unet" / "config.json").is_file():
+    bundled = default_backbone_dir()
+    if bundled is not None:
         return str(bundled), {"source": "bundled", "path": str(bundled)}
     from ..core.textdiff.features import random_backbone
 

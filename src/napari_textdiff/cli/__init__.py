@@ -11,8 +11,8 @@ import sys
 
 # modules under napari_textdiff.cli that contribute commands (missing ones are skipped so a
 # partial install still gives a working --help)
-COMMAND_MODULES = ["evaluate", "info", "textdiff", "segment", "calibrate", "mgcc", "diffusion",
-                   "benchmark", "demo"]
+COMMAND_MODULES = ["evaluate", "info", "textdiff", "segment", "finetune", "calibrate", "mgcc",
+                   "diffusion", "benchmark", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 
 def probability(text: str) -> float:
@@ -126,3 +127,36 @@ def output_stems(paths) -> list[str]:
             raise ValueError(f"{paths[j]} and {paths[i]} would both write {s}_mask: rename "
                              "one, or segment them into different --out folders")
     return stems
+
+
+def run_keeping_work(model, gen, out, record: dict, which: str):
+    """Drive a training job with a progress line and return its result; on Ctrl-C close it
+    (its cleanup leaves the model ``which`` describes, e.g. the best validated head) and save
+    that model to ``out`` (atomic) before re-raising, saying so.
+
+    ``record`` (a dict inside ``model.meta``) gets ``interrupted``, ``steps_run`` and
+    ``epochs_run``. Interrupted before any training step: nothing is saved.
+    """
+    from napari_textdiff.core.progress import print_progress
+
+    show = print_progress(every=2.0)
+    last = {"step": 0, "epoch": None}
+    try:
+        while True:
+            ev = next(gen)
+            if ev.loss is not None:          # a training step or a validation after one
+                last.update(step=ev.step, epoch=ev.epoch)
+            show(ev)
+    except StopIteration as stop:
+        return stop.value
+    except KeyboardInterrupt:
+        gen.close()                          # the job's cleanup runs (core.progress)
+        if not last["step"]:
+            print(f"interrupted before training started: nothing to save; {out} is "
+                  "unchanged", file=sys.stderr)
+            raise
+        record.update(interrupted=True, steps_run=last["step"], epochs_run=last["epoch"])
+        model.save(out)
+        print(f"interrupted at epoch {last['epoch']} (step {last['step']}): saved {which} "
+              f"to {out}", file=sys.stderr, flush=True)
+        raise

@@ -30,7 +30,8 @@ def register(sub) -> None:
                         "(core.datasets.BUSI_DESCRIPTIONS)")
     b = f.add_mutually_exclusive_group()
     b.add_argument("--backbone", default=None,
-                   help="diffusion backbone: UNet2DModel.save_pretrained directory (or hub id)")
+                   help="diffusion backbone: UNet2DModel.save_pretrained directory (or hub id); "
+                        "default: the bundled one")
     b.add_argument("--random-backbone", default=None, metavar="PRESET",
                    help="baseline: a randomly initialised backbone of this preset, saved next "
                         "to the model as OUT.backbone/")
@@ -62,42 +63,10 @@ def register(sub) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
 
 
-def _fit_keeping_work(model, gen, out, names, validated: bool):
-    """Drive the fit generator; on Ctrl-C close it (the model keeps its best validated head,
-    or the last one) and save that model to ``out`` before exiting, saying so."""
-    from napari_textdiff.core.progress import print_progress
-
-    show = print_progress(every=2.0)
-    last = {"step": 0, "epoch": None}
-    try:
-        while True:
-            ev = next(gen)
-            if ev.stage in ("train", "validate"):
-                last.update(step=ev.step, epoch=ev.epoch)
-            show(ev)
-    except StopIteration as stop:
-        return stop.value
-    except KeyboardInterrupt:
-        gen.close()                  # runs the job's cleanup: best head restored
-        if not last["step"]:
-            print(f"interrupted before training started: nothing to save; {out} is "
-                  "unchanged", file=sys.stderr)
-            raise
-        training = model.meta.setdefault("training", {})
-        training.update(interrupted=True, steps_run=last["step"], images=names,
-                        epochs_run=last["epoch"])
-        model.save(out)
-        which = ("the best validated head (the latest before the first validation)"
-                 if validated else "the latest head")
-        print(f"interrupted at epoch {last['epoch']} (step {last['step']}): saved {which} "
-              f"to {out}", file=sys.stderr, flush=True)
-        raise
-
-
 def _fit(args) -> int:
     from pathlib import Path
 
-    from napari_textdiff.cli._common import writable_file
+    from napari_textdiff.cli._common import run_keeping_work, writable_file
     from napari_textdiff.core.datasets import kshot, labelled_samples
     from napari_textdiff.core.progress import print_progress, run
     from napari_textdiff.core.textdiff.config import TextDiffConfig
@@ -132,6 +101,14 @@ def _fit(args) -> int:
         random_backbone(args.random_backbone, in_channels=3, seed=args.seed) \
             .save_pretrained(backbone)
         print(f"random {args.random_backbone} backbone saved to {backbone}", file=sys.stderr)
+    if backbone is None and config.features != "classic":
+        from napari_textdiff.core.defaults import default_backbone_dir
+
+        backbone = default_backbone_dir()
+        if backbone is None:
+            raise ValueError("no --backbone given and no bundled backbone found: give "
+                             "--backbone FOLDER (a UNet2DModel.save_pretrained directory)")
+        print(f"no --backbone: using the bundled backbone {backbone}", file=sys.stderr)
     model = TextDiffModel.create(config, backbone=backbone, text_encoder=args.text_encoder,
                                  device=args.device)
     train = [s.load(channels=model.channels) for s in samples]
@@ -141,10 +118,14 @@ def _fit(args) -> int:
                for s in labelled_samples(args.val, args.val_split, args.describe_classes)]
     print(f"fitting on {len(train)} images ({', '.join(s.name for s in samples)}); head "
           f"{model.num_parameters:,} params, taps {model.features.taps}", file=sys.stderr)
-    hist = _fit_keeping_work(model, model.fit(train, val, val_fraction=args.val_fraction,
-                                              max_tiles_per_image=args.max_tiles_per_image),
-                             out, [s.name for s in samples],
-                             validated=bool(val) or args.val_fraction > 0)
+    record = model.meta.setdefault("training", {})    # what an interrupted fit saves
+    record["images"] = [s.name for s in samples]
+    validated = bool(val) or args.val_fraction > 0
+    hist = run_keeping_work(
+        model, model.fit(train, val, val_fraction=args.val_fraction,
+                         max_tiles_per_image=args.max_tiles_per_image), out, record,
+        "the best validated head (the latest before the first validation)" if validated
+        else "the latest head")
     model.meta["training"]["images"] = [s.name for s in samples]
     model.save(out)               # the trained head is kept whatever calibration does
     tuning = None

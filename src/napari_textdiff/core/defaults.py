@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 
 __all__ = ["ModalityDefaults", "MODALITIES", "modality_defaults", "models_dir",
-           "default_model_path", "bundled_models", "missing_model_message", "default_ldm_dir", "config_dir",
-           "load_settings", "save_settings", "stored_threshold", "default_threshold"]
+           "default_model_path", "bundled_models", "missing_model_message",
+           "default_backbone_dir", "default_ldm_dir", "config_dir", "load_settings",
+           "save_settings", "stored_threshold", "default_threshold"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +116,13 @@ def missing_model_message(modality: str) -> str:
     return (f"No bundled {d.label} model: {models_dir() / d.model_file} is not there. "
             "Choose a model file (.safetensors) made with `napari-textdiff textdiff train` or "
             "`napari-textdiff mgcc train`.")
+
+
+def default_backbone_dir() -> Path | None:
+    """The bundled diffusion backbone folder (TextDiff's frozen features), or ``None``."""
+    p = models_dir() / "backbone"
+    found = (p / "config.json").is_file() or (p / "unet" / "config.json").is_file()
+    return p if found else None
 
 
 def default_ldm_dir() -> Path | None:

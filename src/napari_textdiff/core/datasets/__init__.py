@@ -14,7 +14,7 @@ from typing import Callable
 
 from .. import io
 from .busi import BUSI_CLASSES, BUSI_DESCRIPTIONS, BUSI_MASK, load_busi
-from .folder import IMAGE_DIRS, load_folder
+from .folder import IMAGE_DIRS, load_folder, mask_base
 from .monuseg import MONUSEG_SPLITS, load_monuseg
 from .sample import Sample, child, existing_dir
 from .splits import kshot, train_val_split
@@ -48,6 +48,8 @@ def detect_layout(path) -> tuple[str, Path]:
             return "folder", p
         if any(BUSI_MASK.match(Path(n).stem) for n in names):
             return "busi", p
+        if any(mask_base(Path(n).stem) for n in names):     # images beside NAME_labels files
+            return "folder", p
         subdirs = [c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")]
         files = [c for c in p.iterdir() if c.is_file() and not c.name.startswith(".")]
         if len(subdirs) == 1 and not any(io.is_image_file(f) for f in files):
@@ -60,7 +62,7 @@ def detect_layout(path) -> tuple[str, Path]:
         f"{path}: unknown dataset layout (contains: {shown}). Expected MoNuSeg/LViT "
         f"(img/ + labelcol/ + *_text.xlsx, or Train_Folder/...), BUSI (benign/ malignant/ "
         f"normal/ with *_mask.png), chest X-ray (images/ + structure.csv) or a generic folder "
-        f"(images/ + masks/ [+ descriptions.csv|json])")
+        f"(images/ + masks/ [+ descriptions.csv|json], or images beside NAME_labels files)")
 
 
 def discover(path, layout: str = "auto", **kw) -> list[Sample]:

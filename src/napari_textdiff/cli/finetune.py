@@ -1,0 +1,85 @@
+"""``napari-textdiff finetune MODEL DATA --out NEW``: continue a model on corrected masks.
+
+DATA is any dataset layout the project reads (``core.datasets.discover``), including a folder
+of images beside their corrected ``NAME_mask`` / ``NAME_labels`` files (what ``segment`` and
+napari's "Save labels…" write, descriptions from the labels' sidecars). The model's own
+``finetune()`` runs with the library's defaults (``core.finetune_defaults``, the numbers the
+Fine-tune panel shows) unless ``--epochs`` / ``--lr`` say otherwise. ``--out`` is checked
+before any work and written atomically; Ctrl-C saves the model as far as it got.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("finetune", help="continue a model (any kind) on corrected masks")
+    p.add_argument("model", help="model file to start from (.safetensors)")
+    p.add_argument("data", help="images with corrected masks: any supported dataset layout, "
+                                "or images beside NAME_mask / NAME_labels files")
+    p.add_argument("--out", required=True, help="model file to write (may be MODEL itself)")
+    p.add_argument("--split", default=None, help="dataset split where the layout has splits")
+    p.add_argument("--names", default=None, help="comma-separated image names to use "
+                                                 "(default: every image with a mask)")
+    p.add_argument("--describe-classes", action="store_true",
+                   help="describe BUSI images by their class sentence (as `textdiff fit`)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="default: the library's fine-tune default for the model's kind")
+    p.add_argument("--lr", type=float, default=None, help="default: as --epochs")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    from napari_textdiff.cli._common import add_model_location_args
+
+    add_model_location_args(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from pathlib import Path
+
+    from napari_textdiff.cli._common import load_model, run_keeping_work, writable_file
+    from napari_textdiff.core.datasets import labelled_samples
+    from napari_textdiff.core.finetune_defaults import finetune_defaults
+
+    given = {k: getattr(args, k) for k in ("epochs", "lr") if getattr(args, k) is not None}
+    bad = [f"--{k} {v}" for k, v in given.items() if not v > 0]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: must be > 0")
+    out = Path(writable_file(args.out))    # before any work: a bad --out must not cost a run
+    samples = labelled_samples(args.data, args.split, args.describe_classes)
+    if args.names:
+        wanted = [n.strip() for n in args.names.split(",") if n.strip()]
+        missing = sorted(set(wanted) - {s.name for s in samples})
+        if missing:
+            raise ValueError(f"no image with a mask named {', '.join(missing)} in {args.data}")
+        samples = [s for s in samples if s.name in wanted]
+    if not samples:
+        raise ValueError(f"{args.data}: no images with a mask")
+    model = load_model(args)
+    if getattr(model, "uses_text", False):
+        bare = [s.name for s in samples if not s.text]
+        if bare:
+            print(f"warning: {len(bare)} image(s) have no description ({', '.join(bare[:3])}"
+                  f"{' ...' if len(bare) > 3 else ''}); this model reads the text",
+                  file=sys.stderr)
+    examples = [s.load(channels=model.channels) for s in samples]
+    settings = {**finetune_defaults(model.kind), **given}
+    print(f"fine-tuning {args.model} ({model.kind}) on {len(examples)} image(s): "
+          f"{', '.join(f'{k} {v}' for k, v in settings.items())}", file=sys.stderr)
+    log = model.meta.setdefault("finetunes", [])
+    before = len(log)
+    record = {"images": [s.name for s in samples], "data": str(args.data)}
+    log.append(record)                     # in the file an interrupted run saves
+    hist = run_keeping_work(model, model.finetune(examples, **given), out, record,
+                            "the model as far as it got")
+    log[:] = [e for e in log if e is not record]
+    if len(log) > before:                  # the job logged itself: add what the CLI knows
+        log[-1].update(record)
+    else:
+        log.append({**record, **settings})
+    model.save(out)
+    losses = hist if isinstance(hist, list) else (hist or {}).get("loss", [])
+    print(json.dumps({"model": str(out), "kind": model.kind, "images": len(examples),
+                      "settings": settings, "final_loss": losses[-1] if losses else None},
+                     indent=2))
+    return 0
