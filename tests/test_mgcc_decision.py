@@ -167,3 +167,17 @@ def test_lesion_classifier_separates_and_travels_with_the_model(tmp_path):
     assert m2.decision["lesion_classifier"]["b"] == -10.0 and m2.predict_proba(img).max() == 0
     with pytest.raises(ValueError, match="features"):
         D.apply_rule(torch.rand(1, 1, 8, 8), m.decision, 0.5)
+
+
+def test_finetune_leaves_out_empty_masks_and_refuses_only_empty_ones(pretrained):
+    """One empty corrected mask made the BUSI model find nothing elsewhere: it is left out."""
+    import copy
+
+    m = copy.deepcopy(pretrained)
+    with pytest.raises(ValueError, match="all 2 corrected masks are empty"):
+        run(m.finetune([_case(1, empty=True), _case(2, empty=True)], epochs=1))
+    events = list(m.finetune([_case(3, empty=True), _case(4), _case(5)], epochs=2))
+    assert "left out 1" in events[0].message and "c3" in events[0].message
+    steps = [e for e in events if e.step > 0]
+    assert len(steps) == 2 * 1                 # 2 epochs x ceil(2 kept / batch 2)
+    assert m.meta["finetune_left_out_empty"] == 1
