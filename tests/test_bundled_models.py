@@ -12,7 +12,6 @@ from napari_textdiff.core.io import load_image, read_mask
 from napari_textdiff.core.metrics import binary_metrics
 
 
-
 @pytest.fixture
 def shipped_models(monkeypatch):
     """Undo conftest's isolation: these tests are about the real bundled files."""
@@ -23,8 +22,29 @@ def shipped_models(monkeypatch):
 BUNDLED = [(m, f) for m, d in defaults.MODALITIES.items() for f in (d.model_file, *d.extra_models)]
 
 
+# Dice floors on the samples' ground truth, well under what the shipped models score
+# (histology 0.85, ultrasound 0.84 TextDiff / 0.97 MGCC, measured) and far above pure noise
+# (0.41 / 0.14) or an all-foreground mask (0.52 / 0.15); the X-ray sample has no mask.
+DICE_FLOOR = {"histology": 0.75, "ultrasound": 0.6}
+
+
+def coherence(mask) -> float:
+    """Share of foreground pixels whose four neighbours are foreground too: objects, not
+    speckle (the shipped models: 0.87-0.98; a random mask: ~0.06)."""
+    m = np.asarray(mask, bool)
+    inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return float(inner.sum() / max(1, m[1:-1, 1:-1].sum()))
+
+
+def test_coherence_tells_objects_from_speckle():
+    noise = np.random.default_rng(0).random((128, 128)) > 0.5
+    disc = np.hypot(*np.mgrid[-64:64, -64:64]) < 30
+    assert coherence(noise) < 0.1 < 0.9 < coherence(disc)
+
+
 @pytest.mark.parametrize("modality,filename", BUNDLED)
 def test_bundled_model_loads_and_segments_its_sample(shipped_models, modality, filename):
+    from napari_textdiff.core.calibration import get_threshold
     from napari_textdiff.core.models import load_model
 
     path = shipped_models / filename
@@ -37,12 +57,12 @@ def test_bundled_model_loads_and_segments_its_sample(shipped_models, modality, f
     prob = model.predict_proba(img, info["description"] if model.uses_text else None)
     assert prob.shape == img.shape[:2] and prob.dtype == np.float32
     assert np.isfinite(prob).all() and 0 <= prob.min() and prob.max() <= 1
-    mask = prob >= defaults.modality_defaults(modality).threshold
+    mask = prob >= get_threshold(model)       # the model's own threshold, as users get it
     assert 0.005 < mask.mean() < 0.9          # neither empty nor everything
-    if info.get("mask"):                       # samples with ground truth: better than chance
+    assert coherence(mask) > 0.75             # objects, not noise
+    if info.get("mask"):
         gt = read_mask(img_path.parent / info["mask"])
-        chance = binary_metrics(np.ones_like(gt), gt)["dice"]
-        assert binary_metrics(mask, gt)["dice"] > chance
+        assert binary_metrics(mask, gt)["dice"] > DICE_FLOOR[modality]
 
 
 def test_bundled_models_fit_the_size_budget(shipped_models):

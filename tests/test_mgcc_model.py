@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from napari_textdiff.core.bundle import BundleError, read_bundle_header, save_bundle
 from napari_textdiff.core.models import Example, SegmentationModel, load_model
@@ -125,8 +126,17 @@ def test_tiled_mode_on_a_large_image():
         m.predict_proba(img, mode="bogus")
 
 
-def test_predict_instances():
+def test_predict_instances_splits_touching_objects():
     m = _model()
-    img = np.random.default_rng(4).random((40, 40, 1)).astype(np.float32)
-    lab = m.predict_mask(img, threshold=0.0, instances=True)
-    assert lab.shape == (40, 40) and lab.max() >= 1
+    yy, xx = np.mgrid[:40, :56]
+    discs = [(yy - 20) ** 2 + (xx - cx) ** 2 < 100 for cx in (18, 36)]   # touching at x = 27
+    prob = np.maximum(*discs).astype(np.float32)
+    m.predict_proba = lambda image, text=None, **kw: prob                # the map is known
+    img = np.zeros((40, 56, 1), np.float32)
+    binary = m.predict_mask(img)
+    assert ndimage.label(binary)[1] == 1                                 # one blob as a mask
+    lab = m.predict_mask(img, instances=True)
+    assert lab.dtype == np.int32 and lab.max() == 2                      # two objects
+    cores = [(yy - 20) ** 2 + (xx - cx) ** 2 < 36 for cx in (18, 36)]
+    ids = [set(np.unique(lab[c])) for c in cores]
+    assert all(len(i) == 1 and 0 not in i for i in ids) and ids[0] != ids[1]   # one id each
