@@ -135,8 +135,20 @@ def load_lazy(path, channels: int | None = None, plane: int | None = None):
 
 
 def load_image(path, channels: int | None = None, plane: int | None = None) -> np.ndarray:
-    """``normalize_image(read_image(path, plane), channels)`` with the white level the file
-    declares (bit depth), errors and warnings naming the file."""
+    """An image file as the models see it: ``normalize_image(read_image(path, plane),
+    channels)`` with the white level the file declares (bit depth).
+
+    Args:
+        path: TIFF (8/16-bit, multi-page), PNG, JPEG, DICOM, ``.npy``...
+        channels: 1 (gray, BT.601 luminance) or 3 (RGB); ``None`` keeps the file's.
+        plane: which page / frame of a multi-plane file (required when there are several).
+
+    Returns:
+        float32 (H, W, C) in [0, 1].
+
+    Raises:
+        ImageReadError: unreadable or unsupported file (the message names it).
+    """
     arr, white = _read(path, plane)
     try:
         return normalize_image(arr, channels=channels, white=white, name=str(path))

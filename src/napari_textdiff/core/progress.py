@@ -83,7 +83,8 @@ def run(gen: Generator[Progress, None, Any],
 
 
 def print_progress(every: float = 1.0, stream=None) -> Callable[[Progress], None]:
-    """A callback that prints at most one line every ``every`` seconds (for the CLI)."""
+    """A callback for :func:`run` printing at most one line every ``every`` seconds (and the
+    last event) to ``stream`` (default stderr): what the CLI shows as progress."""
     stream = stream or sys.stderr
     last = [0.0]
 

@@ -47,7 +47,17 @@ class MGCCModel:
     # ------------------------------------------------------------------ construction
     @classmethod
     def create(cls, in_channels: int = 1, width: float = 1.0, size: int = 256, **kw) -> "MGCCModel":
-        """A freshly initialised model (inference path only)."""
+        """A freshly initialised model (inference path only; train with ``MGCCTrainer``).
+
+        Args:
+            in_channels: 1 (gray) or 3 (RGB) input.
+            width: channel multiplier (0.25 = the light variant).
+            size: working size, a multiple of 16 (images are resized to it).
+            kw: ``threshold``, ``inference`` ("resize" | "tile"), ``meta``, ``device``.
+
+        Returns:
+            The model.
+        """
         net = MGCCNet(MGCCConfig(in_channels=in_channels, width=width, aux=False)).eval()
         return cls(net, size=size, **kw)
 
@@ -148,8 +158,18 @@ class MGCCModel:
     def predict_proba(self, image: np.ndarray, text: str | None = None, *, tiled: bool = True,
                       device: Any = None, mode: str | None = None, tile: int | None = None,
                       overlap: int = 32, batch_size: int = 4, progress=None) -> np.ndarray:
-        """Foreground probability (H, W) float32 for an image of any size (see
-        :meth:`iter_proba`); ``progress(done, total)`` after each tile batch."""
+        """Foreground probability for an image of any size (see :meth:`iter_proba`).
+
+        Args:
+            image: (H, W) or (H, W, C) array, any dtype.
+            text: ignored (MGCC reads no text).
+            tiled, mode, tile, overlap, batch_size: see :meth:`iter_proba`.
+            device: move the model there first.
+            progress: ``progress(done, total)`` after each tile batch.
+
+        Returns:
+            (H, W) float32 in [0, 1].
+        """
         from ..progress import run
 
         cb = None if progress is None else (lambda ev: progress(ev.step, ev.total))
@@ -191,6 +211,18 @@ class MGCCModel:
 
     @classmethod
     def load(cls, path, device="auto") -> "MGCCModel":
+        """Load a ``kind="mgcc"`` model file.
+
+        Args:
+            path: the ``.safetensors`` file.
+            device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ...
+
+        Returns:
+            The model (inference path, float32).
+
+        Raises:
+            core.bundle.BundleError: not an MGCC file, or weights that do not fit its config.
+        """
         from ..bundle import BundleError, load_bundle
         from ..device import resolve_device
 
