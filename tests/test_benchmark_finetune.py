@@ -6,7 +6,7 @@ import numpy as np
 from conftest import blob_image
 
 
-def _folder(root, n=5):
+def _folder(root, n=5, empty=()):
     from napari_textdiff.core.io import write_image
 
     (root / "images").mkdir(parents=True)
@@ -14,7 +14,7 @@ def _folder(root, n=5):
     for i in range(n):
         img, mask = blob_image(32, 32, centers=((10 + i, 12), (22, 20 + i)), r=5, seed=i)
         write_image(root / "images" / f"im{i}.png", img)
-        write_image(root / "masks" / f"im{i}.png", mask * 255)
+        write_image(root / "masks" / f"im{i}.png", mask * 255 * (i not in empty))
     return root
 
 
@@ -40,3 +40,17 @@ def test_finetune_benchmark_scores_the_other_images(tmp_path, tiny_mgcc_path):
     assert any(abs(r["dice_after"] - r["dice_before"]) > 1e-6 for r in res["rows"])
     s = res["summary"]["2"]
     assert s["gain"] == round(s["dice_after"] - s["dice_before"], 4)
+
+
+def test_a_refused_finetune_leaves_the_model_and_says_why(tmp_path, tiny_mgcc_path):
+    """Only empty corrected masks: MGCC refuses to fine-tune, the row keeps the 'before' Dice."""
+    from napari_textdiff.benchmark.finetune import FinetuneBenchConfig, run_finetune_benchmark
+    from napari_textdiff.core.datasets import discover
+    from napari_textdiff.core.progress import run
+
+    data = _folder(tmp_path / "data", empty=range(5))
+    samples = sorted(discover(data), key=lambda s: s.name)
+    cfg = FinetuneBenchConfig(ns=(1,), seeds=(0,), n_eval=2, device="cpu")
+    res = run(run_finetune_benchmark(tiny_mgcc_path, samples, None, cfg))
+    (row,) = res["rows"]
+    assert "empty" in row["refused"] and row["dice_after"] == row["dice_before"]

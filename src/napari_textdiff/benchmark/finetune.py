@@ -99,13 +99,18 @@ def run_finetune_benchmark(model_path, samples: Sequence, out=None,
         for n in cfg.ns:
             m = _fresh(model_path, cfg.device, memo)
             t0 = time.monotonic()
-            for _ev in m.finetune(ft_all[:n]):
-                pass
+            refused = None
+            try:
+                for _ev in m.finetune(ft_all[:n]):
+                    pass
+            except ValueError as err:     # e.g. only empty masks: the model stays as it was
+                refused = str(err)
             secs = time.monotonic() - t0
-            after = _dice(m, ev)
+            after = before if refused else _dice(m, ev)
             rows.append({"seed": seed, "n": n, "dice_before": float(np.mean(before)),
                          "dice_after": float(np.mean(after)), "seconds": round(secs, 1),
-                         "corrected": [e.name for e in ft_all[:n]], "scored": len(ev)})
+                         "corrected": [e.name for e in ft_all[:n]], "scored": len(ev),
+                         "refused": refused})
             yield Progress("benchmark", len(rows), total,
                            message=f"{label} seed {seed} n={n}: Dice {np.mean(before):.3f} → "
                                    f"{np.mean(after):.3f} in {secs:.0f} s",
