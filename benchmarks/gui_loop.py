@@ -36,10 +36,12 @@ class StallTracer:
         self._main = threading.main_thread().ident
         self.counts: Counter = Counter()
         self._halt = threading.Event()
+        self.reset()
         threading.Thread(target=self._run, daemon=True, name="stall-tracer").start()
 
     def reset(self):
         self.counts.clear()
+        self.worst, self.worst_s, self._episode, self._since = {}, 0.0, None, None
 
     def stop(self):
         self._halt.set()
@@ -58,17 +60,31 @@ class StallTracer:
         import threading
 
         me = threading.get_ident()
+        from collections import Counter
+
         while not self._halt.wait(self._every):
-            if time.perf_counter() - self._last[0] < self._late:
+            lag = time.perf_counter() - self._last[0]
+            if lag < self._late:
+                if self._episode is not None and self._since > self.worst_s:
+                    self.worst, self.worst_s = dict(self._episode), self._since
+                self._episode = None
                 continue
+            if self._episode is None:
+                self._episode = Counter()
+            self._since = lag
             for ident, frame in sys._current_frames().items():
                 if ident == me:
                     continue
                 who = "GUI" if ident == self._main else "other"
-                self.counts[f"{who}: {self._where(frame)}"] += 1
+                key = f"{who}: {self._where(frame)}"
+                self.counts[key] += 1
+                self._episode[key] += 1
 
-    def report(self, top: int = 12) -> list:
-        return [[k, v] for k, v in self.counts.most_common(top)]
+    def report(self, top: int = 12) -> dict:
+        """All stalls' frame counts, and those of the longest stall alone."""
+        worst = sorted(self.worst.items(), key=lambda kv: -kv[1])[:top]
+        return {"all": [[k, v] for k, v in self.counts.most_common(top)],
+                "longest_ms": round(self.worst_s * 1000), "longest": [[k, v] for k, v in worst]}
 
 
 def main(argv=None) -> int:
