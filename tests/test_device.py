@@ -172,3 +172,17 @@ def test_mgcc_checkpoint_restores_the_cuda_rng(tmp_path, monkeypatch):
     MGCCTrainer(ex, net_config=net, config=cfg, device="cpu", run_dir=tmp_path, resume=True)
     assert len(restored) == 1 and torch.equal(restored[0][0], state[0])
     assert restored[0][0].device.type == "cpu"
+
+
+def test_backbone_pretraining_keeps_its_images_as_uint8_on_the_device():
+    """The whole image set lives on the training device: as uint8 (a quarter of float32)."""
+    from napari_textdiff.core.diffusion.crops import CropSampler
+
+    imgs = [torch.rand(3, 40, 50), torch.rand(3, 30, 30)]
+    s = CropSampler(imgs, size=16, device="cpu")
+    assert all(t.dtype is torch.uint8 and t.device.type == "cpu" for t in s.images)
+    assert sum(t.numel() * t.element_size() for t in s.images) == sum(t.numel() for t in imgs)
+    for a, b in zip(s.images, imgs):      # 8-bit steps: within half a grey level
+        assert (a.float() / 255 - b).abs().max() <= 0.5 / 255 + 1e-6
+    x = s.sample(4, torch.Generator().manual_seed(0))
+    assert x.dtype is torch.float32 and x.shape == (4, 3, 16, 16)

@@ -131,15 +131,17 @@ def run_speed(out_dir, config: SpeedConfig | None = None, argv=None,
     f = [x.to(dev) for x in feat_fn(batch, batch_size=1)]
     th, tm = model._text_tensors([tile.text])
     t_head = _time(lambda: model._head_proba(f, th, tm, (s, s)), cfg.repeats, dev)
-    t_text = _time(lambda: variants.encoder.model(
-        **variants.encoder.tokenizer([tile.text], return_tensors="pt", padding="max_length",
-                                     truncation=True, max_length=variants.encoder.max_length
-                                     ).to(dev)), cfg.repeats, dev)
+    enc = variants.encoder
+    t_text = None if enc.model is None else _time(   # no model: a text table answers (no cost)
+        lambda: enc.model(**enc.tokenizer([tile.text], return_tensors="pt", padding="max_length",
+                                          truncation=True, max_length=enc.max_length).to(dev)),
+        cfg.repeats, dev)
     put(f"TextDiff diffusion features per {s}² tile ({len(feats_raw.steps)} noise steps)",
         1000 * t_feat, "ms")
     put(f"TextDiff head per {s}² tile (text cached)", 1000 * t_head, "ms",
         parameters=model.num_parameters)
-    put("TextDiff text encoding per description (uncached)", 1000 * t_text, "ms")
+    if t_text is not None:
+        put("TextDiff text encoding per description (uncached)", 1000 * t_text, "ms")
     put(f"TextDiff total per {s}² tile", 1000 * (t_feat + t_head), "ms")
     # large images: what scales with the image (issue 18); tiled work is tiles x tile time
     stride = s - model.config.tile_overlap
