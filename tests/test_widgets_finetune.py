@@ -134,3 +134,28 @@ def test_nothing_ticked_is_refused(viewer, fake_model_path):
     assert ft.checked_names() == []
     assert not ft.start()
     assert ft.start_button.isEnabled()
+
+
+def test_an_erased_mask_is_left_out_and_the_panel_says_so(viewer, qtbot, tiny_mgcc_path):
+    """A sonographer erases a false blob on a normal image: that mask is not trained on."""
+    for i in range(2):
+        viewer.add_image(blob_image(seed=i)[0], name=f"im{i}")
+    seg, ft = _widgets(viewer, tiny_mgcc_path, synchronous=False)
+    seg.all_images.setChecked(True)
+    seg.split.setChecked(False)
+    seg.run()
+    qtbot.waitUntil(lambda: not seg.running, timeout=30000)
+    lab0, lab1 = viewer.layers["im0_labels"], viewer.layers["im1_labels"]
+    truth = blob_image(seed=0)[1]
+    idx = np.nonzero(lab0.data != truth)
+    lab0.data_setitem(idx, truth[idx].astype(np.int32))
+    lab1.data_setitem(np.nonzero(lab1.data), 0)           # erased: "no lesion here"
+    ft.refresh()
+    assert sorted(ft.checked_names()) == ["im0", "im1"]
+    ft.epochs.setValue(2)
+    ft.resegment.setChecked(False)
+    ft.start_button.click()
+    qtbot.waitUntil(lambda: not ft.running, timeout=60000)
+    assert ft.last_error is None, ft.last_error
+    assert "left out 1" in ft.status.text() and "im1" in ft.status.text()
+    assert len(ft.plot.series["loss"]) == 2                # 2 epochs x 1 kept image

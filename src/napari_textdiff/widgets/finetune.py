@@ -178,6 +178,8 @@ class FinetuneWidget(JobWidget):
         state = {"ok": False}
 
         def on_event(ev):
+            if ev.loss is None and ev.message and not ev.step:
+                state["note"] = ev.message          # e.g. masks left out: shown at the end too
             self.show_progress(self.progress, ev)
             if ev.loss is not None:
                 self._n += 1
@@ -191,7 +193,8 @@ class FinetuneWidget(JobWidget):
             state["ok"] = True
             self.status.setText(("stopped early; the model trained so far is kept"
                                  if self.should_stop() else "fine-tune finished") +
-                                f" ({len(pairs)} image(s))")
+                                f" ({len(pairs)} image(s))" +
+                                (f"; {state['note']}" if state.get("note") else ""))
 
         def on_error(err):
             self.status.setText(f"fine-tune failed, previous model kept: {err}")
@@ -248,6 +251,8 @@ class FinetuneWidget(JobWidget):
             yield Progress("revert", 1, 1, message="previous model restored")
 
         def on_event(ev):
+            if ev.loss is None and ev.message and not ev.step:
+                state["note"] = ev.message          # e.g. masks left out: shown at the end too
             self.show_progress(self.progress, ev)
             self.status.setText(ev.message)
 
