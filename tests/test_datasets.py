@@ -291,3 +291,22 @@ def test_real_xray():
     lm = lungs["kjr-21-e24-g001-l-a"].load_mask()
     # lesions lie within (dilated) lungs in this radiograph
     assert (ex.mask & lm).sum() > 0.5 * ex.mask.sum()
+
+
+def test_images_beside_their_saved_labels_are_a_folder_dataset(tmp_path):
+    """What ``segment`` (NAME_mask) and napari's "Save labels…" (NAME_labels + sidecar) leave
+    beside the images is read as the generic layout, descriptions from the sidecars."""
+    import json
+
+    _png(tmp_path / "a.png", np.full((6, 6), 90, np.uint8))
+    _png(tmp_path / "a_labels.png", _mask(6, 6, (1, 1, 3, 3)))
+    (tmp_path / "a_labels.png.json").write_text(json.dumps({"description": "two nuclei"}))
+    _png(tmp_path / "b.png", np.full((6, 6), 90, np.uint8))
+    _png(tmp_path / "b_mask.png", _mask(6, 6, (0, 0, 2, 2)))
+    _png(tmp_path / "c.png", np.full((6, 6), 90, np.uint8))           # not corrected yet
+    assert D.detect_layout(tmp_path) == ("folder", tmp_path)
+    s = {x.name: x for x in D.discover(tmp_path)}
+    assert sorted(s) == ["a", "b", "c"] and not s["c"].has_mask
+    assert s["a"].text == "two nuclei" and s["b"].text == ""
+    assert s["a"].load_mask().sum() == 4 and s["b"].load_mask().sum() == 4
+    assert [x.name for x in D.labelled_samples(tmp_path)] == ["a", "b"]

@@ -46,10 +46,11 @@ def detect_layout(path) -> tuple[str, Path]:
             return "busi", p
         if names & set(IMAGE_DIRS):
             return "folder", p
-        if any(BUSI_MASK.match(Path(n).stem) for n in names):
-            return "busi", p
-        if any(mask_base(Path(n).stem) for n in names):     # images beside NAME_labels files
-            return "folder", p
+        busi = [m for n in names if (m := BUSI_MASK.match(Path(n).stem))]
+        if busi and (p.name.lower() in BUSI_CLASSES or any(m.group("i") for m in busi)):
+            return "busi", p                    # one BUSI class folder (NAME_mask_1 extras)
+        if busi or any(mask_base(Path(n).stem) for n in names):
+            return "folder", p                  # images beside NAME_mask / NAME_labels files
         subdirs = [c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")]
         files = [c for c in p.iterdir() if c.is_file() and not c.name.startswith(".")]
         if len(subdirs) == 1 and not any(io.is_image_file(f) for f in files):
