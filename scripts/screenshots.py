@@ -131,10 +131,11 @@ def main(argv=None) -> int:
     seg.device.setCurrentText("cpu")
     if note:
         # the few-second demo model is uncalibrated: threshold at its own 65th percentile
+        from napari_textdiff.core.io import normalize_image
         from napari_textdiff.core.models import load_model
-        from napari_textdiff.widgets._layers import layer_to_model_input
 
-        prob = load_model(model, device="cpu").predict_proba(layer_to_model_input(img, 3))
+        image = normalize_image(np.asarray(img.data), channels=3)
+        prob = load_model(model, device="cpu").predict_proba(image)
         seg.threshold.setValue(float(np.quantile(prob, 0.65)))
     seg.run()
     print("segment:", seg.status.text(), seg.last_error or "", flush=True)

@@ -8,16 +8,16 @@ from pathlib import Path
 
 from .sample import Sample, child, column, existing_dir, images_in, read_table
 
-__all__ = ["load_folder", "mask_base", "IMAGE_DIRS", "MASK_DIRS", "MASK_SUFFIXES"]
+__all__ = ["load_folder", "mask_base", "IMAGE_DIRS", "MASK_DIRS", "MASK_ENDINGS"]
 
 MASK_DIRS = ("masks", "mask", "labels", "label", "gt", "ground_truth", "annotations")
 IMAGE_DIRS = ("images", "image", "imgs", "img")
-MASK_SUFFIXES = ("_mask", "_labels")
+MASK_ENDINGS = ("_mask", "_labels")
 
 
 def mask_base(stem: str) -> str | None:
     """The image stem a mask file stem names (``a_mask`` / ``a_labels`` -> ``a``), else None."""
-    for suffix in MASK_SUFFIXES:
+    for suffix in MASK_ENDINGS:
         if stem.endswith(suffix) and len(stem) > len(suffix):
             return stem[:-len(suffix)]
     return None
