@@ -251,8 +251,6 @@ class FinetuneWidget(JobWidget):
             yield Progress("revert", 1, 1, message="previous model restored")
 
         def on_event(ev):
-            if ev.loss is None and ev.message and not ev.step:
-                state["note"] = ev.message          # e.g. masks left out: shown at the end too
             self.show_progress(self.progress, ev)
             self.status.setText(ev.message)
 
