@@ -22,7 +22,10 @@ _forced: str | None = None
 
 
 def available_devices() -> list[str]:
-    """Devices this machine can run on, best first (for the widgets' device menu)."""
+    """Devices this machine can run on, best first ("auto" resolves to the first).
+
+    The widgets' device menu lists a fixed set instead, so opening a panel imports no torch;
+    choosing a device the machine lacks gives a clear error when a job starts."""
     import torch
 
     devs = []
