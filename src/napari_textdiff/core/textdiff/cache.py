@@ -83,6 +83,7 @@ def augment_batch(feats, masks, valid, aug):
 def training_tiles(model, example: Example):
     """Working-scale (image, mask, valid) tiles of one example; ``valid`` is 0 on padding."""
     from ..largeimage import resize_lowmem
+    from ..stain import apply_stain_norm
 
     c = model.config
     img = model._prepare(example.image)
@@ -92,7 +93,7 @@ def training_tiles(model, example: Example):
                          f"match image shape {img.shape[:2]}")
     mask = (mask > 0).astype(np.float32)
     shape = model._working_shape(img.shape)
-    img = resize_lowmem(img, shape, 1)
+    img = apply_stain_norm(resize_lowmem(img, shape, 1), c.stain_norm)
     mask = (resize_lowmem(mask, shape, 1) >= 0.5).astype(np.uint8)
     valid = np.ones(shape, np.uint8)
     s = c.working_size

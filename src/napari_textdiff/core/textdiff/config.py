@@ -44,6 +44,7 @@ class TextDiffConfig(JsonConfig):
     resize_to: int | None = None            # paper protocol: whole image resized to N x N
     tile_overlap: int | None = None         # tile overlap (prediction and training grid);
     #                                         None = working_size // 4
+    stain_norm: str = ""                    # "reinhard": H&E colour statistics matched first
     # --- text -----------------------------------------------------------------------------
     text_encoder: str = DEFAULT_TEXT_ENCODER
     # 64 tokens: MoNuSeg/LViT descriptions are <= 12 tokens, the chest X-ray clinical notes
@@ -83,6 +84,8 @@ class TextDiffConfig(JsonConfig):
         if self.head not in HEAD_KINDS:
             raise ValueError(f"head must be one of {HEAD_KINDS}, got {self.head!r}")
         self.classic_sigmas = [float(s) for s in self.classic_sigmas]
+        if self.stain_norm not in ("", "reinhard"):
+            raise ValueError(f"stain_norm must be '' or 'reinhard', got {self.stain_norm!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not self.steps:

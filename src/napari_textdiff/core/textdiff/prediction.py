@@ -56,6 +56,7 @@ def iter_proba(model, image, text: str | None = None, *, tiled: bool = True, dev
     or ``None`` when stopped.
     """
     from ..largeimage import lazy_image, resize_lowmem
+    from ..stain import apply_stain_norm
     from ..tiling import iter_tiled
 
     if device is not None:
@@ -73,10 +74,13 @@ def iter_proba(model, image, text: str | None = None, *, tiled: bool = True, dev
                 yield Progress("predict", 0, 1, message=name)
                 if should_stop is not None and should_stop():
                     return None
-                prob = fn(np.asarray(resize_lowmem(img, (s, s), 1))[None])[0, 0]
+                small = apply_stain_norm(np.asarray(resize_lowmem(img, (s, s), 1)), c.stain_norm)
+                prob = fn(small[None])[0, 0]
                 yield Progress("predict", 1, 1, message=name)
             else:
                 work = resize_lowmem(img, model._working_shape(img.shape), 1)
+                if c.stain_norm:   # statistics of the whole image at working scale
+                    work = apply_stain_norm(np.asarray(work), c.stain_norm)
                 out = yield from iter_tiled(work, fn, tile=c.working_size,
                                             overlap=c.tile_overlap, batch_size=batch_size,
                                             should_stop=should_stop, message=name)
