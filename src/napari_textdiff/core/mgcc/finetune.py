@@ -19,12 +19,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..augment import dihedral
 from ..finetune_defaults import FINETUNE_DEFAULTS as _ALL_DEFAULTS
 from ..progress import Progress
 from .losses import bce_dice_loss
 from .preprocess import image_tensor, mask_tensor, normalize_input
 
-__all__ = ["FINETUNE_DEFAULTS", "finetune_model", "dihedral_one"]
+__all__ = ["FINETUNE_DEFAULTS", "finetune_model"]
 
 #: Library defaults of ``MGCCModel.finetune`` (and of the GUI's Fine-tune panel for MGCC).
 #: Measured on BUSI (models/README.md): every setting that moves the decoder lost Dice on the
@@ -35,12 +36,6 @@ __all__ = ["FINETUNE_DEFAULTS", "finetune_model", "dihedral_one"]
 FINETUNE_DEFAULTS = _ALL_DEFAULTS["mgcc"]
 
 _CACHE_LIMIT_BYTES = 768 * 2 ** 20   # above this the frozen features are recomputed per step
-
-
-def dihedral_one(t: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    """One of the 8 dihedral transforms (rot90 ``k`` times, then an optional flip)."""
-    t = torch.rot90(t, k, dims=(-2, -1))
-    return t.flip(-1) if flip else t
 
 
 def _frozen_features(net, x: torch.Tensor) -> list[torch.Tensor]:
@@ -144,8 +139,7 @@ def finetune_model(model, examples: Sequence, *, epochs: int = FINETUNE_DEFAULTS
                 cache = {}
                 with torch.no_grad():
                     for t in range(n_tf):
-                        k, flip = t % 4, t >= 4
-                        xt = normalize_input(dihedral_one(X, k, flip).to(dev))
+                        xt = normalize_input(dihedral(X, t).to(dev))
                         feats = _frozen_features(net, xt)
                         cache[t] = ([_penultimate(dec, feats)] if train == "output"
                                     else [f.detach() for f in feats])
@@ -156,7 +150,7 @@ def finetune_model(model, examples: Sequence, *, epochs: int = FINETUNE_DEFAULTS
                     return history
                 idx = order[s * batch_size:(s + 1) * batch_size]
                 tfs = rng.integers(8, size=len(idx)) if augment else np.zeros(len(idx), int)
-                y = torch.stack([dihedral_one(Y[i], int(t) % 4, t >= 4)
+                y = torch.stack([dihedral(Y[i], int(t))
                                  for i, t in zip(idx, tfs)]).to(dev)
                 with amp.autocast():
                     if cache is not None:
@@ -165,7 +159,7 @@ def finetune_model(model, examples: Sequence, *, epochs: int = FINETUNE_DEFAULTS
                                  for j in range(len(cache[0]))]
                         logits = dec.head(feats[0]) if train == "output" else dec(feats)
                     else:
-                        x = torch.stack([dihedral_one(X[i], int(t) % 4, t >= 4)
+                        x = torch.stack([dihedral(X[i], int(t))
                                          for i, t in zip(idx, tfs)])
                         logits = net(normalize_input(x.to(dev)))
                 loss = bce_dice_loss(logits.float(), y)
