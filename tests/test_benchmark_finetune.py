@@ -54,3 +54,6 @@ def test_a_refused_finetune_leaves_the_model_and_says_why(tmp_path, tiny_mgcc_pa
     res = run(run_finetune_benchmark(tiny_mgcc_path, samples, None, cfg))
     (row,) = res["rows"]
     assert "empty" in row["refused"] and row["dice_after"] == row["dice_before"]
+    assert res["summary"]["1"]["refused"] == 1 and res["summary"]["1"]["runs"] == 0
+    assert res["summary"]["1"]["gain"] is None          # no fine-tune ran: nothing to average
+    assert res["finetune_settings"]["train"] == "output"

@@ -310,3 +310,20 @@ def test_images_beside_their_saved_labels_are_a_folder_dataset(tmp_path):
     assert s["a"].text == "two nuclei" and s["b"].text == ""
     assert s["a"].load_mask().sum() == 4 and s["b"].load_mask().sum() == 4
     assert [x.name for x in D.labelled_samples(tmp_path)] == ["a", "b"]
+
+
+def test_a_corrected_labels_file_beats_the_models_mask_beside_it(tmp_path):
+    """segment writes NAME_mask, napari's Save labels NAME_labels: the correction is trained on."""
+    img = np.zeros((8, 8, 3), np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    for name, value in (("a_mask.png", 255), ("a_labels.png", 1)):
+        m = np.zeros((8, 8), np.uint8)
+        m[:4] = value
+        Image.fromarray(m).save(tmp_path / name)
+    for order in (0, 1):                          # whatever order the folder lists them in
+        (sample,) = D.load_folder(tmp_path)
+        assert sample.mask_paths[0].name == "a_labels.png", order
+        os.utime(tmp_path / "a_mask.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a_labels.tif")
+    with pytest.raises(ValueError, match="two masks for 'a'"):    # two corrections: which?
+        D.load_folder(tmp_path)

@@ -53,6 +53,11 @@ def _mask(model, ex) -> np.ndarray:
     return np.asarray(model.predict_mask(ex.image, ex.text)) > 0
 
 
+def _kind(model) -> str:
+    """The model kind whose library fine-tune defaults ``finetune()`` uses."""
+    return "mgcc" if type(model).__name__ == "MGCCModel" else "textdiff"
+
+
 def _dice(model, examples) -> list[float]:
     from ..core.metrics import binary_metrics
 
@@ -84,7 +89,7 @@ def run_finetune_benchmark(model_path, samples: Sequence, out=None,
     if len(samples) < max(cfg.ns) + 1:
         raise ValueError(f"need at least {max(cfg.ns) + 1} labelled images, got {len(samples)}")
     probe = load_model(model_path, device=cfg.device)
-    channels = probe.channels
+    channels, probe_kind = probe.channels, _kind(probe)
     del probe
     memo: dict = {}
     rows, t_start = [], time.monotonic()
@@ -116,13 +121,18 @@ def run_finetune_benchmark(model_path, samples: Sequence, out=None,
                                    f"{np.mean(after):.3f} in {secs:.0f} s",
                            elapsed=time.monotonic() - t_start)
     summary = {}
-    for n in cfg.ns:
-        r = [x for x in rows if x["n"] == n]
-        summary[str(n)] = {k: round(float(np.mean([x[k] for x in r])), 4)
+    for n in cfg.ns:      # refused runs (model unchanged) are counted, not averaged in
+        r = [x for x in rows if x["n"] == n and not x["refused"]]
+        summary[str(n)] = {k: (round(float(np.mean([x[k] for x in r])), 4) if r else None)
                            for k in ("dice_before", "dice_after", "seconds")}
-        summary[str(n)]["gain"] = round(summary[str(n)]["dice_after"]
-                                        - summary[str(n)]["dice_before"], 4)
+        summary[str(n)]["gain"] = (round(summary[str(n)]["dice_after"]
+                                         - summary[str(n)]["dice_before"], 4) if r else None)
+        summary[str(n)]["runs"] = len(r)
+        summary[str(n)]["refused"] = sum(x["n"] == n and bool(x["refused"]) for x in rows)
+    from ..core.finetune_defaults import finetune_defaults
+
     res = {"label": label, "model": str(model_path), "pool": len(samples),
+           "finetune_settings": finetune_defaults(probe_kind),
            "config": dataclasses.asdict(cfg), "rows": rows, "summary": summary,
            "wall_seconds": round(time.monotonic() - t_start, 1)}
     if out is not None:
@@ -145,12 +155,12 @@ def _write(res: dict, out: Path, label: str) -> list[str]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        ns = [int(n) for n in res["summary"]]
+        ns = [int(n) for n in res["summary"] if res["summary"][n]["gain"] is not None]
         fig, ax = plt.subplots(figsize=(4, 3))
-        ax.plot([0] + ns, [res["summary"][str(ns[0])]["dice_before"]]
-                + [res["summary"][str(n)]["dice_after"] for n in ns], "o-")
+        ax.axhline(0, color="0.6", lw=1)
+        ax.plot(ns, [100 * res["summary"][str(n)]["gain"] for n in ns], "o-")
         ax.set_xlabel("corrected images fine-tuned on")
-        ax.set_ylabel("mean Dice of the other images")
+        ax.set_ylabel("Dice change, other images (points)")
         ax.set_title(f"fine-tuning {label}")
         fig.tight_layout()
         buf = io.BytesIO()

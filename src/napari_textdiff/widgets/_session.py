@@ -61,7 +61,9 @@ def start_warm_up() -> None:
 
 #: Niceness added to job threads (0 disables): the GUI thread then wins the CPU whenever it
 #: has work, the job gets every cycle it leaves. Threads a job's thread starts (torch's
-#: OpenMP team) inherit it on Linux, where niceness is per thread.
+#: OpenMP team) inherit it on Linux, where niceness is per thread. napari reuses its pool
+#: threads, which keep the setting (an unprivileged thread cannot lower it again); it is the
+#: process's niceness + this, never more however many jobs ran on the thread.
 JOB_NICENESS = 10
 
 
@@ -74,7 +76,9 @@ def lower_this_thread_priority(niceness: int | None = None) -> bool:
         return False
     try:
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + n))
+        target = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + n)
+        if os.getpriority(os.PRIO_PROCESS, tid) < target:   # pooled threads: set once, no stacking
+            os.setpriority(os.PRIO_PROCESS, tid, target)
         return True
     except OSError:        # not permitted (some containers): run at the normal priority
         return False

@@ -79,9 +79,15 @@ def load_folder(root) -> list[Sample]:
             stem = mask_base(mp.stem) or (None if mask_dir == img_dir else mp.stem)
             if stem is None:
                 continue
-            if stem in masks and masks[stem].suffix.lower() != mp.suffix.lower():
-                raise ValueError(f"{mask_dir}: two masks for {stem!r}: {masks[stem].name}, "
-                                 f"{mp.name}")
+            if stem in masks:
+                # a person's correction (napari's Save labels: NAME_labels) beats the
+                # model's mask (segment: NAME_mask); two of one kind is ambiguous
+                old_c, new_c = (p.stem.endswith("_labels") for p in (masks[stem], mp))
+                if old_c == new_c:
+                    raise ValueError(f"{mask_dir}: two masks for {stem!r}: "
+                                     f"{masks[stem].name}, {mp.name}; keep one")
+                if old_c:
+                    continue
             masks[stem] = mp
     texts = _descriptions(root)
     out = []

@@ -124,13 +124,13 @@ def finetune_model(model, examples: Sequence, *, epochs: int = FINETUNE_DEFAULTS
     for p in frozen:
         p.requires_grad_(False)
     t0 = time.monotonic()
-    if empty:
-        names = ", ".join(str(examples[i].name or i) for i in empty)
-        yield Progress("finetune", step=0, total=total, elapsed=0.0, message=(
-            f"left out {len(empty)} corrected mask(s) with no lesion ({names}): on BUSI one "
-            "such image made the model find nothing on other images (Dice 0.72 -> 0.13); "
-            "'no lesion' is the image-level rule's answer"))
     try:
+        if empty:
+            names = ", ".join(str(examples[i].name or i) for i in empty)
+            yield Progress("finetune", step=0, total=total, elapsed=0.0, message=(
+                f"left out {len(empty)} corrected mask(s) with no lesion ({names}): on BUSI "
+                "one such image made the model find nothing on other images (Dice 0.72 -> "
+                "0.13); 'no lesion' is the image-level rule's answer"))
         cache = None
         if train != "all":
             n_tf = 8 if augment else 1
