@@ -32,7 +32,7 @@ def _job(n, log):
         log.append("cleanup")
 
 
-def test_progress_run_returns_result_and_stops():
+def test_progress_run_returns_result_and_closing_runs_cleanup():
     log, seen = [], []
     assert progress.run(_job(3, log), callback=seen.append) == "done"
     assert [e.step for e in seen] == [1, 2, 3] and log[-1] == "cleanup"

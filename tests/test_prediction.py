@@ -99,3 +99,14 @@ def test_probability_to_labels(split, expected_max):
     p[7:11, 7:11] = 0.8
     lab = probability_to_labels(p, 0.5, split)
     assert lab.dtype == np.int32 and lab.max() == expected_max and (lab > 0).sum() == 32
+
+
+def test_a_threshold_passed_where_the_description_goes_is_refused(tiny_mgcc_path):
+    """MGCC's predict_mask once took the threshold second: that call must not silently ignore it."""
+    from napari_textdiff.core.models import load_model
+
+    m = load_model(tiny_mgcc_path, device="cpu")
+    img = np.zeros((32, 32, 1), np.float32)
+    with pytest.raises(TypeError, match="threshold="):
+        m.predict_mask(img, 0.3)
+    assert m.predict_mask(img, threshold=0.3).shape == (32, 32)

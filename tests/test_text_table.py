@@ -32,7 +32,7 @@ def test_table_answers_like_the_encoder_and_keeps_its_fingerprint(bert, tmp_path
     with pytest.warns(UserWarning, match="truncated"):
         assert tab.encode(texts[2])[2] is True
     assert texts[2] in tab.truncated_texts
-    with pytest.raises(LookupError, match="not in the text table"):
+    with pytest.raises(ValueError, match="not in the text table"):
         tab.encode("a text nobody encoded")
     tab.max_length = 16
     tab._cache.clear()

@@ -68,7 +68,7 @@ def _run(args) -> int:
           f"{', '.join(f'{k} {v}' for k, v in settings.items())}", file=sys.stderr)
     log = model.meta.setdefault("finetunes", [])
     before = len(log)
-    record = {"images": [s.name for s in samples], "data": str(args.data)}
+    record = {"images": [s.name for s in samples], "data": str(args.data), **settings}
     log.append(record)                     # in the file an interrupted run saves
     hist = run_keeping_work(model, model.finetune(examples, **given), out, record,
                             "the model as far as it got")
@@ -76,7 +76,7 @@ def _run(args) -> int:
     if len(log) > before:                  # the job logged itself: add what the CLI knows
         log[-1].update(record)
     else:
-        log.append({**record, **settings})
+        log.append(record)
     model.save(out)
     losses = hist if isinstance(hist, list) else (hist or {}).get("loss", [])
     print(json.dumps({"model": str(out), "kind": model.kind, "images": len(examples),

@@ -45,6 +45,10 @@ def predict_mask(model, image, text: str | None = None, *, threshold: float | No
     """
     from .calibration import get_threshold
 
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"predict_mask(image, text, *, threshold=...): the second argument is the "
+                        f"description, got {type(text).__name__} {text!r}; pass a threshold as "
+                        "threshold=...")
     text = text if getattr(model, "uses_text", False) else None
     prob = model.predict_proba(image, text, **kw)
     mask = (prob >= (get_threshold(model) if threshold is None else threshold)).astype(np.uint8)

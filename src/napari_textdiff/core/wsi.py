@@ -172,6 +172,13 @@ def iter_segment_slide(model, slide: Slide, text: str | None = None, *, region=N
         keep = None
         if tissue and tmp is not None:
             keep, f = tissue_mask(slide, (by0, bx0, by1, bx1), level)
+        if len(cores) > 1 and getattr(getattr(model, "config", None), "stain_norm", ""):
+            import warnings
+
+            warnings.warn(f"{name}: this model normalises stain per image, and a slide is "
+                          "predicted block by block, so each block gets its own colour "
+                          "statistics (possible seams); segment regions, or use a model "
+                          "without stain_norm, for whole slides", stacklevel=2)
         with _at_scale(model, s_lvl):
             for i, (cy0, cx0, cy1, cx1) in enumerate(cores):
                 if keep is not None and not keep[int(cy0 / f):math.ceil(cy1 / f),

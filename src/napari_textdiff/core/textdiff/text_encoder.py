@@ -138,7 +138,7 @@ class TextEncoder:
                              f"this model needs {self.max_length}: make a table for it")
         i = t["index"].get(text)
         if i is None:
-            raise LookupError(f"text {text[:60]!r} is not in the text table {t['path']} (it "
+            raise ValueError(f"text {text[:60]!r} is not in the text table {t['path']} (it "
                            f"answers for {self.ref!r} instead of running it): add the text to "
                            f"the table, or unset {TEXT_TABLE_ENV} to run the encoder")
         truncated = bool(t["truncated"][i])
@@ -177,10 +177,13 @@ def save_text_table(path, encoder: TextEncoder, texts) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": _TABLE_FORMAT, "ref": encoder.ref, "fingerprint": encoder.fingerprint(),
               "dim": encoder.dim, "max_length": encoder.max_length, "texts": texts}
-    save_file({"hidden": torch.stack([e[0] for e in enc]).contiguous(),
+    from ..bundle import atomic_write
+
+    tensors = {"hidden": torch.stack([e[0] for e in enc]).contiguous(),
                "mask": torch.stack([e[1] for e in enc]).to(torch.uint8).contiguous(),
-               "truncated": torch.tensor([e[2] for e in enc], dtype=torch.uint8)},
-              str(path), metadata={"text_table": json.dumps(header)})
+               "truncated": torch.tensor([e[2] for e in enc], dtype=torch.uint8)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp,
+                                             metadata={"text_table": json.dumps(header)}))
     return path
 
 
@@ -202,7 +205,7 @@ def _load_text_table(path) -> dict:
             if header.get("format") != _TABLE_FORMAT:
                 raise ValueError("not a napari-textdiff text table")
             t = {k: f.get_tensor(k) for k in ("hidden", "mask", "truncated")}
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - OSError, bad header, or safetensors' own error
         raise FileNotFoundError(f"{TEXT_TABLE_ENV}={path}: cannot read the text table ({e})") \
             from e
     n = len(header["texts"])
