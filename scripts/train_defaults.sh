@@ -30,9 +30,15 @@ histology)  # TextDiff light head (issue 16): bundled-backbone taps (UNet at 1/4
   .venv/bin/python benchmarks/td_issue16.py final --cv-tag CV_hist --set scale=0.5 --set features=both \
     --set diffusion_scale=0.5 --set working_size=512 --tag FINAL_hist --save "$RUNS"/histology.safetensors \
     --ship "$M"/histology.safetensors ;;
-xray)       # TextDiff head for lung lesions (ground glass ∪ consolidation) guided by the notes
-  $NT textdiff fit "$D"/xray --shots "${XR_SHOTS:-8}" --seed 0 --val-fraction 0.25 --backbone "$M"/backbone \
-    --resize-to 256 --epochs "${TD_EPOCHS:-10}" --calibrate --device "$DEVICE" --out "$M"/xray.safetensors ;;
+xray)       # TextDiff light head (session 8): taps + classic filters, whole image at 256², 128²
+            # crops, no text (the notes lowered the CV score); all 30 X-rays, 3-fold CV grouped
+            # by patient picks the epoch count and the threshold, then refit on all 30
+  XS=(--dataset xray --set resize_to=256 --set working_size=256 --set scale=1.0 --set diffusion_scale=1.0
+      --set features=both --set crop_size=128 --set text_mode=none)
+  .venv/bin/python benchmarks/td_issue16.py cv --folds "${TD_FOLDS:-3}" "${XS[@]}" --set epochs="${TD_EPOCHS:-12}" \
+    --tag CV_xray
+  .venv/bin/python benchmarks/td_issue16.py final --cv-tag CV_xray "${XS[@]}" --tag FINAL_xray \
+    --save "$RUNS"/xray.safetensors --ship "$M"/xray.safetensors ;;
 ultrasound) # light MGCC: (1) semi-supervised warm-up, 50 % of the train split labeled;
             # (2) supervised on every train-split mask (main decoder, batch 8) from (1);
             # (3) the "no lesion" rule + threshold chosen on the same 109 validation images.
