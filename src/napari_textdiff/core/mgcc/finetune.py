@@ -98,7 +98,7 @@ def finetune_model(model, examples: Sequence, *, epochs: int = FINETUNE_DEFAULTS
                              f"!= image shape {np.asarray(img).shape[:2]}")
         xs.append(image_tensor(img, model.channels, model.size))
         ys.append(mask_tensor(m, model.size))
-    empty = [i for i, y in enumerate(ys) if not bool(y.any())]
+    empty = [i for i, ex in enumerate(examples) if not np.asarray(ex.mask).any()]
     if len(empty) == len(ys):
         raise ValueError(
             f"all {len(ys)} corrected masks are empty (no lesion): fine-tuning the pixel model on "
