@@ -86,23 +86,16 @@ def load_data(names=None):
     names = names or sorted(samples)
     out = [samples[n].load(channels=3) for n in names]
     if STAIN == "reinhard":
+        from napari_textdiff.core.stain import reinhard
+
         out = [dataclasses.replace(ex, image=reinhard(ex.image)) for ex in out]
     return out
 
 
 #: ``TD_STAIN=reinhard``: every image's LAB statistics matched to fixed H&E targets first
+#: (``core.stain.reinhard`` at native resolution; ``--set stain_norm=reinhard`` applies it in
+#: the model, at working scale)
 STAIN = os.environ.get("TD_STAIN", "")
-_LAB_TARGET = (np.array([52.6, 27.6, -14.1]), np.array([18.0, 8.3, 7.8]))  # MoNuSeg means
-
-
-def reinhard(image):
-    """Reinhard colour normalisation: per-channel LAB mean/std set to ``_LAB_TARGET``."""
-    from skimage.color import lab2rgb, rgb2lab
-
-    lab = rgb2lab(np.clip(image, 0, 1))
-    mu, sd = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0) + 1e-6
-    lab = (lab - mu) / sd * _LAB_TARGET[1] + _LAB_TARGET[0]
-    return np.clip(lab2rgb(lab), 0, 1).astype(np.float32)
 
 
 def patient_groups(data):

@@ -53,11 +53,6 @@ def _mask(model, ex) -> np.ndarray:
     return np.asarray(model.predict_mask(ex.image, ex.text)) > 0
 
 
-def _kind(model) -> str:
-    """The model kind whose library fine-tune defaults ``finetune()`` uses."""
-    return "mgcc" if type(model).__name__ == "MGCCModel" else "textdiff"
-
-
 def _dice(model, examples) -> list[float]:
     from ..core.metrics import binary_metrics
 
@@ -89,7 +84,7 @@ def run_finetune_benchmark(model_path, samples: Sequence, out=None,
     if len(samples) < max(cfg.ns) + 1:
         raise ValueError(f"need at least {max(cfg.ns) + 1} labelled images, got {len(samples)}")
     probe = load_model(model_path, device=cfg.device)
-    channels, probe_kind = probe.channels, _kind(probe)
+    channels, probe_kind = probe.channels, probe.kind
     del probe
     memo: dict = {}
     rows, t_start = [], time.monotonic()
