@@ -318,3 +318,56 @@ def test_tissue_detection_skips_glass(tmp_path):
     lab = res.level0()
     assert lab[115, 115] == 1 and lab[600:, 600:].max() == 0
     res.close()
+
+
+class _StainModel(FakeModel):
+    """A stain-normalising model: its probability is the normalised image's red channel,
+    so the statistics each block was normalised with show up in the mask."""
+
+    class config:                       # noqa: N801 - read like a model's config
+        stain_norm = "reinhard"
+        scale = 1.0
+
+    def __init__(self):
+        super().__init__(1.0, channels=3)
+        self.seen = []
+
+    def iter_proba(self, image, text=None, *, tiled=True, device=None, should_stop=None,
+                   name="", stain_stats=None):
+        from napari_textdiff.core.progress import Progress
+        from napari_textdiff.core.stain import apply_stain_norm
+
+        self.seen.append(stain_stats)
+        yield Progress("predict", 1, 1, message=name)
+        return apply_stain_norm(np.asarray(image, np.float32), "reinhard", stain_stats)[..., 0]
+
+
+def test_a_streamed_slide_is_stain_normalised_with_one_set_of_tissue_statistics(tmp_path):
+    """Every block gets the slide's statistics (measured over tissue on the coarsest level),
+    not its own: a block of glass with a little tissue is not stretched to look like H&E."""
+    from napari_textdiff.core.progress import run
+    from napari_textdiff.core.slides import open_slide
+    from napari_textdiff.core.stain import lab_statistics
+    from napari_textdiff.core.wsi import iter_segment_slide, slide_stain_statistics
+
+    rng = np.random.default_rng(0)
+    img = np.full((1024, 1024, 3), 242, np.uint8)              # glass
+    img[:700, :700] = (190, 110, 170)                          # tissue
+    img[:700, :700] += rng.integers(0, 40, (700, 700, 3), dtype=np.uint8)
+    s = open_slide(_write_slide(tmp_path / "he.tif", img))
+    model = _StainModel()
+    res = run(iter_segment_slide(model, s, level=0, threshold=0.5, block=256))
+    assert len(model.seen) == 16
+    stats = slide_stain_statistics(s, (0, 0, 1024, 1024), 0)
+    for got in model.seen:                                     # one set, the slide's
+        np.testing.assert_allclose(got[0], stats[0]), np.testing.assert_allclose(got[1], stats[1])
+    mu_tissue, _ = lab_statistics(img[:700, :700].astype(np.float32) / 255)
+    assert abs(stats[0][0] - mu_tissue[0]) < 3                # glass left out (L)
+    from napari_textdiff.core.stain import reinhard
+
+    pixels = np.asarray(s.read(0, 0, 0, 1024, 1024), np.float32) / 255
+    whole = reinhard(pixels, stats=stats)[..., 0] >= 0.5      # the slide normalised at once
+    np.testing.assert_array_equal(res.level0() > 0, whole)    # block by block: no seams
+    own = reinhard(pixels[640:896, 640:896])[..., 0] >= 0.5    # a mostly-glass block alone
+    assert (own != whole[640:896, 640:896]).mean() > 0.02
+    res.close()

@@ -72,3 +72,24 @@ def test_textdiff_applies_it_in_training_and_prediction_alike(monkeypatch):
     np.testing.assert_allclose(seen[0][0], stain.reinhard(img), atol=1e-6)
     with pytest.raises(ValueError, match="stain_norm"):
         config.TextDiffConfig(stain_norm="macenko")
+
+
+def test_statistics_over_a_mask_ignore_glass_and_given_statistics_are_used():
+    """A slide normalised with one set of statistics: a piece of it normalised with the
+    slide's statistics equals that piece of the normalised whole (no per-block shift)."""
+    img = _he_like(4, 0.8)
+    img[:, 100:] = 0.96                                        # glass on the right
+    tissue = np.zeros(img.shape[:2], bool)
+    tissue[:, :100] = True
+    mu_all, _ = stain.lab_statistics(img)
+    mu_t, sd_t = stain.lab_statistics(img, tissue)
+    mu_ref, _ = stain.lab_statistics(img[:, :100])
+    np.testing.assert_allclose(mu_t, mu_ref, atol=1e-4)          # glass left out
+    assert mu_all[0] - mu_t[0] > 5                             # glass would brighten it
+    whole = stain.reinhard(img, stats=(mu_t, sd_t))
+    piece = stain.reinhard(img[:40], stats=(mu_t, sd_t))
+    np.testing.assert_allclose(piece, whole[:40], atol=1e-6)
+    assert np.abs(stain.reinhard(img[:40]) - whole[:40]).max() > 0.02   # own stats differ
+    assert stain.lab_statistics(img, np.zeros_like(tissue)) is None
+    with pytest.raises(ValueError, match="mask shape"):
+        stain.lab_statistics(img, tissue[:10])

@@ -17,16 +17,19 @@ __all__ = ["iter_predict", "predict_mask", "probability_to_labels"]
 
 
 def iter_predict(model, image, text: str | None = None, *, tiled: bool = True, device=None,
-                 should_stop: Callable[[], bool] | None = None, name: str = ""):
+                 should_stop: Callable[[], bool] | None = None, name: str = "",
+                 stain_stats=None):
     """Progress generator of ``model``'s probability map (H, W) float32 (None if stopped).
 
     Models with ``iter_proba`` stream per tile; any other ``SegmentationModel`` is wrapped
-    as one step. ``text`` is passed only to models that use it.
+    as one step. ``text`` is passed only to models that use it; ``stain_stats`` (a slide's
+    colour statistics, ``core.wsi``) only to models that normalise stain.
     """
     text = text if getattr(model, "uses_text", False) else None
     if hasattr(model, "iter_proba"):
+        kw = {"stain_stats": stain_stats} if stain_stats is not None else {}
         return (yield from model.iter_proba(image, text, tiled=tiled, device=device,
-                                            should_stop=should_stop, name=name))
+                                            should_stop=should_stop, name=name, **kw))
     yield Progress("predict", 0, 1, message=name)
     if should_stop is not None and should_stop():
         return None

@@ -8,7 +8,8 @@ standard deviation onto fixed targets. With it (applied at native resolution by
 cross-validated Dice rose from 73.8 ± 10.5 to 75.3 ± 7.5; this module applies it at the
 working scale (``TextDiffConfig.stain_norm``), the same in training and prediction.
 Whole slides are predicted block by block, and each block gets its own statistics
-(``core.wsi`` warns): slide-level statistics are still to do, so no bundled model uses it.
+would get its own statistics: :func:`lab_statistics` measures the slide once, over its
+tissue on a coarse level, and every block is normalised with those (``core.wsi``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["STAIN_METHODS", "REINHARD_TARGET", "reinhard", "apply_stain_norm"]
+__all__ = ["STAIN_METHODS", "REINHARD_TARGET", "reinhard", "apply_stain_norm", "lab_statistics"]
 
 STAIN_METHODS = ("", "reinhard")
 #: LAB (mean, std) per channel: the means over the 30 labelled MoNuSeg images
@@ -25,21 +26,44 @@ _MAX_STAT_PIXELS = 1 << 20        # statistics from a regular subsample above th
 _BLOCK_PIXELS = 1 << 20           # converted in row blocks of about this many pixels
 
 
-def reinhard(image: np.ndarray, target=REINHARD_TARGET) -> np.ndarray:
+def lab_statistics(image: np.ndarray, mask: np.ndarray | None = None):
+    """Per-channel LAB (mean, std) of an RGB image in [0, 1], over ``mask`` when given
+    (e.g. the tissue of a slide: glass would pull the lightness up); None when there is no
+    colour to measure (gray, constant, or an empty mask)."""
+    from skimage.color import rgb2lab
+
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 3 or img.shape[-1] != 3:
+        return None
+    step = max(1, int(np.ceil(np.sqrt(img.shape[0] * img.shape[1] / _MAX_STAT_PIXELS))))
+    lab = rgb2lab(np.clip(img[::step, ::step], 0, 1))
+    if mask is not None:
+        m = np.asarray(mask, bool)[::step, ::step]
+        if m.shape != lab.shape[:2]:
+            raise ValueError(f"mask shape {m.shape} does not match the image {lab.shape[:2]}")
+        lab = lab[m]
+    lab = lab.reshape(-1, 3)
+    if len(lab) < 16:
+        return None
+    mu, sd = lab.mean(0), lab.std(0)
+    return (mu, sd) if np.all(sd > 1e-3) else None
+
+
+def reinhard(image: np.ndarray, target=REINHARD_TARGET, stats=None) -> np.ndarray:
     """RGB float image in [0, 1] -> the same with LAB mean/std set to ``target`` (float32).
 
-    Gray or constant images are returned unchanged (no colour statistics to match).
+    ``stats``: the source (mean, std) to map from (a whole slide's, :func:`lab_statistics`);
+    None = this image's own. Gray or constant images are returned unchanged.
     """
     from skimage.color import lab2rgb, rgb2lab
 
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 3 or img.shape[-1] != 3:
         return img
-    step = max(1, int(np.ceil(np.sqrt(img.shape[0] * img.shape[1] / _MAX_STAT_PIXELS))))
-    sample = rgb2lab(np.clip(img[::step, ::step], 0, 1)).reshape(-1, 3)
-    mu, sd = sample.mean(0), sample.std(0)
-    if not np.all(sd > 1e-3):
+    stats = stats if stats is not None else lab_statistics(img)
+    if stats is None:
         return img
+    mu, sd = (np.asarray(v, np.float64) for v in stats)
     out = np.empty(img.shape, np.float32)
     rows = max(1, _BLOCK_PIXELS // max(1, img.shape[1]))   # bounded float64 temporaries
     with warnings.catch_warnings():           # out-of-gamut values are clipped, as intended
@@ -51,8 +75,9 @@ def reinhard(image: np.ndarray, target=REINHARD_TARGET) -> np.ndarray:
     return out
 
 
-def apply_stain_norm(image: np.ndarray, method: str) -> np.ndarray:
-    """``method`` "" leaves the image as it is; "reinhard" normalises it (see module doc)."""
+def apply_stain_norm(image: np.ndarray, method: str, stats=None) -> np.ndarray:
+    """``method`` "" leaves the image as it is; "reinhard" normalises it (see module doc),
+    from ``stats`` when given (a slide's), else from the image's own statistics."""
     if method not in STAIN_METHODS:
         raise ValueError(f"stain_norm must be one of {STAIN_METHODS}, got {method!r}")
-    return reinhard(image) if method == "reinhard" else image
+    return reinhard(image, stats=stats) if method == "reinhard" else image

@@ -22,7 +22,8 @@ import numpy as np
 from .progress import Progress
 from .slides import Slide, choose_level, model_mpp, model_scale
 
-__all__ = ["SlideLabels", "iter_segment_slide", "parse_region", "tissue_mask"]
+__all__ = ["SlideLabels", "iter_segment_slide", "parse_region", "tissue_mask",
+           "slide_stain_statistics"]
 
 
 @dataclasses.dataclass
@@ -84,23 +85,55 @@ def _at_scale(model, scale: float):
         c.scale = old
 
 
-def tissue_mask(slide: Slide, box, level: int) -> tuple[np.ndarray, float]:
-    """Boolean tissue mask of ``box`` (level coords) from the coarsest level, and its
-    downsample relative to ``level``: saturated or darker-than-glass pixels, dilated."""
-    from scipy import ndimage as ndi
-
+def _coarse_view(slide: Slide, box, level: int, max_pixels: int = 1 << 22):
+    """``box`` (level coords) seen on the coarsest level, as floats in [0, 1] with at most
+    ~``max_pixels`` pixels (a level without a pyramid is read in strips and subsampled), and
+    its downsample relative to ``level``."""
     top = len(slide.levels) - 1
     f = min(slide.downsamples[top]) / min(slide.downsamples[level])
-    y0, x0, y1, x1 = box
-    t = slide.read(top, int(y0 / f), int(x0 / f), math.ceil(y1 / f), math.ceil(x1 / f))
+    y0, x0, y1, x1 = int(box[0] / f), int(box[1] / f), math.ceil(box[2] / f), \
+        math.ceil(box[3] / f)
+    step = max(1, math.ceil(math.sqrt((y1 - y0) * (x1 - x0) / max_pixels)))
+    strip = step * max(1, 2048 // step)
+    parts = [np.asarray(slide.read(top, y, x0, min(y1, y + strip), x1))[::step, ::step]
+             for y in range(y0, y1, strip)]
+    t = np.concatenate(parts, 0)
     t = t.astype(np.float32) / (255.0 if t.dtype == np.uint8 else float(max(1, t.max())))
+    return t, f * step
+
+
+def _tissue(t: np.ndarray) -> np.ndarray:
+    """Saturated or darker-than-glass pixels of a [0, 1] image, dilated."""
+    from scipy import ndimage as ndi
+
     if t.ndim == 3 and t.shape[2] >= 3:
         sat = t[..., :3].max(-1) - t[..., :3].min(-1)
         tissue = (sat > 0.07) | (t[..., :3].mean(-1) < 0.8)
     else:
         g = t if t.ndim == 2 else t[..., 0]
         tissue = g < 0.8
-    return ndi.binary_dilation(tissue, iterations=2), f
+    return ndi.binary_dilation(tissue, iterations=2)
+
+
+def tissue_mask(slide: Slide, box, level: int) -> tuple[np.ndarray, float]:
+    """Boolean tissue mask of ``box`` (level coords) from the coarsest level, and its
+    downsample relative to ``level``: saturated or darker-than-glass pixels, dilated."""
+    t, f = _coarse_view(slide, box, level)
+    return _tissue(t), f
+
+
+def slide_stain_statistics(slide: Slide, box, level: int):
+    """LAB (mean, std) of the tissue in ``box`` (level coords), measured once on the coarsest
+    level, so every block of a slide is stain-normalised the same way (no seams). Falls back
+    to all pixels when no tissue is found; None for slides without colour."""
+    from .stain import lab_statistics
+
+    t, _ = _coarse_view(slide, box, level)
+    if t.ndim != 3 or t.shape[2] < 3:
+        return None
+    t = t[..., :3]
+    tissue = _tissue(t)
+    return lab_statistics(t, tissue if tissue.sum() >= 64 else None)
 
 
 def _instance_split(d: float):
@@ -172,13 +205,11 @@ def iter_segment_slide(model, slide: Slide, text: str | None = None, *, region=N
         keep = None
         if tissue and tmp is not None:
             keep, f = tissue_mask(slide, (by0, bx0, by1, bx1), level)
+        stats = None
         if len(cores) > 1 and getattr(getattr(model, "config", None), "stain_norm", ""):
-            import warnings
-
-            warnings.warn(f"{name}: this model normalises stain per image, and a slide is "
-                          "predicted block by block, so each block gets its own colour "
-                          "statistics (possible seams); segment regions, or use a model "
-                          "without stain_norm, for whole slides", stacklevel=2)
+            # one set of colour statistics for the whole area, not one per block
+            yield Progress("predict", 0, len(cores), message=f"{name}: stain statistics")
+            stats = slide_stain_statistics(slide, (by0, bx0, by1, bx1), level)
         with _at_scale(model, s_lvl):
             for i, (cy0, cx0, cy1, cx1) in enumerate(cores):
                 if keep is not None and not keep[int(cy0 / f):math.ceil(cy1 / f),
@@ -190,7 +221,8 @@ def iter_segment_slide(model, slide: Slide, text: str | None = None, *, region=N
                 # normalised as a plain image file is (core.largeimage), tile by tile
                 img = lazy_image(slide.read(level, by0 + ry0, bx0 + rx0, by0 + ry1, bx0 + rx1),
                                  channels=getattr(model, "channels", None), name=name)
-                gen = iter_predict(model, img, text, should_stop=should_stop, name=name)
+                gen = iter_predict(model, img, text, should_stop=should_stop, name=name,
+                                   stain_stats=stats)
                 try:
                     while True:
                         ev = next(gen)

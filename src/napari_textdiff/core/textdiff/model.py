@@ -223,7 +223,7 @@ class TextDiffModel:
         return split_on_oom(fn, self.device, "TextDiff prediction")
 
     def iter_proba(self, image, text: str | None = None, *, tiled: bool = True, device=None,
-                   batch_size: int = 1, should_stop=None, name: str = ""):
+                   batch_size: int = 1, should_stop=None, name: str = "", stain_stats=None):
         """Prediction as a progress generator (one event per tile batch; Stop honoured within
         a UNet block): returns the probability map (H, W) float32, or None when stopped.
         See :mod:`.prediction`."""
@@ -231,7 +231,7 @@ class TextDiffModel:
 
         return (yield from iter_proba(self, image, text, tiled=tiled, device=device,
                                       batch_size=batch_size, should_stop=should_stop,
-                                      name=name))
+                                      name=name, stain_stats=stain_stats))
 
     def predict_proba(self, image, text: str | None = None, *, tiled: bool = True,
                       device=None, batch_size: int = 4, progress=None) -> np.ndarray:

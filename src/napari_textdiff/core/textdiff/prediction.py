@@ -49,10 +49,11 @@ def interruptible(features, should_stop: Callable[[], bool] | None):
 
 def iter_proba(model, image, text: str | None = None, *, tiled: bool = True, device=None,
                batch_size: int = 1, should_stop: Callable[[], bool] | None = None,
-               name: str = ""):
+               name: str = "", stain_stats=None):
     """Progress generator of ``model``'s foreground probability (H, W) float32.
 
-    Yields ``Progress("predict", tiles_done, tiles_total, message=name)``; returns the map,
+    ``stain_stats``: LAB (mean, std) to normalise stain from (a slide's, ``core.wsi``);
+    None = the image's own statistics at working scale. Yields ``Progress("predict", tiles_done, tiles_total, message=name)``; returns the map,
     or ``None`` when stopped.
     """
     from ..largeimage import lazy_image, resize_lowmem
@@ -74,13 +75,14 @@ def iter_proba(model, image, text: str | None = None, *, tiled: bool = True, dev
                 yield Progress("predict", 0, 1, message=name)
                 if should_stop is not None and should_stop():
                     return None
-                small = apply_stain_norm(np.asarray(resize_lowmem(img, (s, s), 1)), c.stain_norm)
+                small = apply_stain_norm(np.asarray(resize_lowmem(img, (s, s), 1)), c.stain_norm,
+                                         stain_stats)
                 prob = fn(small[None])[0, 0]
                 yield Progress("predict", 1, 1, message=name)
             else:
                 work = resize_lowmem(img, model._working_shape(img.shape), 1)
-                if c.stain_norm:   # statistics of the whole image at working scale
-                    work = apply_stain_norm(np.asarray(work), c.stain_norm)
+                if c.stain_norm:   # the image's statistics at working scale, or the slide's
+                    work = apply_stain_norm(np.asarray(work), c.stain_norm, stain_stats)
                 out = yield from iter_tiled(work, fn, tile=c.working_size,
                                             overlap=c.tile_overlap, batch_size=batch_size,
                                             should_stop=should_stop, message=name)
