@@ -24,12 +24,14 @@ export)     # ship the EMA backbone as fp16 (loaded back as float32)
   .venv/bin/python scripts/export_backbone.py "$RUNS"/backbone-small "$M"/backbone ;;
 histology)  # TextDiff light head (issue 16): bundled-backbone taps (UNet at 1/4 native) + classic
             # filter bank at scale 0.5, all 30 MoNuSeg images; k-fold CV picks the epoch count and
-            # the threshold (out-of-fold, native resolution), then the head is refit on all 30
-  .venv/bin/python benchmarks/td_issue16.py cv --folds "${TD_FOLDS:-3}" --set scale=0.5 --set features=both \
-    --set diffusion_scale=0.5 --set working_size=512 --set epochs="${TD_EPOCHS:-8}" --tag CV_hist
-  .venv/bin/python benchmarks/td_issue16.py final --cv-tag CV_hist --set scale=0.5 --set features=both \
-    --set diffusion_scale=0.5 --set working_size=512 --tag FINAL_hist --save "$RUNS"/histology.safetensors \
-    --ship "$M"/histology.safetensors ;;
+            # the threshold (out-of-fold, native resolution), then the head is refit on all 30;
+            # Reinhard stain normalisation (session 9)
+  HS=(--set scale=0.5 --set features=both --set diffusion_scale=0.5 --set working_size=512
+      --set stain_norm='"reinhard"')
+  .venv/bin/python benchmarks/td_issue16.py cv --folds "${TD_FOLDS:-3}" "${HS[@]}" \
+    --set epochs="${TD_EPOCHS:-8}" --tag CV_hist
+  .venv/bin/python benchmarks/td_issue16.py final --cv-tag CV_hist "${HS[@]}" --tag FINAL_hist \
+    --save "$RUNS"/histology.safetensors --ship "$M"/histology.safetensors ;;
 xray)       # TextDiff light head (session 8): taps + classic filters, whole image at 256², 128²
             # crops, no text (the notes lowered the CV score); all 30 X-rays, 3-fold CV grouped
             # by patient picks the epoch count and the threshold, then refit on all 30
