@@ -74,7 +74,8 @@ def monuseg_run(tmp_path_factory, tiny_bert):
 
 def test_monuseg_quick_writes_all_rows(monuseg_run):
     out, res = monuseg_run
-    methods = {"textdiff", "textdiff_no_text", "textdiff_no_xattn", "unet", "mgcc_light"}
+    methods = {"textdiff", "textdiff_no_text", "textdiff_no_xattn", "unet", "mgcc_light",
+               "random_forest"}
     got = {(r["method"], r["protocol"], r["k"], r["seed"]) for r in res["rows"]}
     assert got == {(m, p, k, s) for m in methods for p in ("paper", "tiles")
                    for k in (2,) for s in (0, 1)}
@@ -83,7 +84,8 @@ def test_monuseg_quick_writes_all_rows(monuseg_run):
         assert 0 <= r["metrics"]["dice"] <= 1 and 0 <= r["metrics"]["iou"] <= 1
         assert r["metrics"]["dice"] >= r["metrics"]["iou"] - 1e-9
         assert len(r["train_images"]) == r["k"]
-        assert r["curve"]["loss"] and all(np.isfinite(r["curve"]["loss"]))
+        if r["method"] != "random_forest":                  # a forest has no loss curve
+            assert r["curve"]["loss"] and all(np.isfinite(r["curve"]["loss"]))
     # seeds draw different subsets, the same for every method
     by = {}
     for r in res["rows"]:
@@ -116,7 +118,40 @@ def test_monuseg_quick_writes_all_rows(monuseg_run):
               "monuseg_learning_curves.png"):
         assert (out / f).stat().st_size > 0
     md = (out / "monuseg.md").read_text()
-    assert "TextDiff without text" in md and "78.67" in md
+    assert "TextDiff without text" in md and "78.67" in md and "classic peer" in md
+    # the forest separates the bright blobs: the peer is a real classifier, not a stub
+    rf = [r for r in res["rows"] if r["method"] == "random_forest"]
+    assert len(rf) == 4 and all(r["metrics"]["dice"] > 0.8 for r in rf)
+    assert all(r["features"] == 3 * 20 for r in rf)          # 20 filters per RGB channel
+
+
+def test_forest_stops_before_fitting_and_refuses_one_class_masks():
+    from napari_textdiff.benchmark.forest import train_random_forest
+    from napari_textdiff.core.models import Example
+    from napari_textdiff.core.progress import run
+
+    rng = np.random.default_rng(0)
+    img, mask = _blobs(rng, 48)
+    ex = Example(img.astype(np.float32) / 255, mask, name="a")
+    assert run(train_random_forest([ex, ex], should_stop=lambda: True)) is None
+    with pytest.raises(ValueError, match="foreground and background"):
+        run(train_random_forest([Example(ex.image, np.zeros_like(mask), name="b")]))
+    model = run(train_random_forest([ex]))
+    p = model.predict_proba(ex.image, rows=100)          # chunked prediction, same map
+    np.testing.assert_allclose(p, model.predict_proba(ex.image), atol=1e-6)
+    assert p.shape == mask.shape and p.dtype == np.float32
+
+
+def test_textdiff_overrides_are_checked_and_parsed():
+    from napari_textdiff.benchmark.fewshot import MonusegConfig
+    from napari_textdiff.cli.benchmark import _key_values
+
+    assert _key_values(["scale=0.5", 'stain_norm="reinhard"', "features=both"], "--x") == \
+        {"scale": 0.5, "stain_norm": "reinhard", "features": "both"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        _key_values(["scale"], "--textdiff-set")
+    with pytest.raises(ValueError, match="unknown TextDiff settings"):
+        MonusegConfig(textdiff_overrides={"scael": 0.5})
 
 
 def test_report_rewrites_only_the_block(monuseg_run, tmp_path):

@@ -24,7 +24,7 @@ __all__ = ["MonusegConfig", "run_monuseg", "TextDiffVariants", "METHODS", "TEXTD
 
 TEXTDIFF_MODES = {"textdiff": "cross_attention", "textdiff_no_text": "none",
                   "textdiff_no_xattn": "concat"}
-METHODS = (*TEXTDIFF_MODES, "unet", "mgcc_light")
+METHODS = (*TEXTDIFF_MODES, "unet", "mgcc_light", "random_forest")
 PROTOCOLS = ("paper", "tiles")
 
 
@@ -41,6 +41,9 @@ class MonusegConfig:
     max_train_tiles: int = 4        # tiles protocol: training tiles per image (TextDiff)
     max_test_images: int | None = None
     head_preset: str = "cpu"
+    # TextDiffConfig fields set after the protocol's own (e.g. the shipped histology recipe:
+    # scale 0.5, features "both", diffusion_scale 0.5, working_size 512, stain_norm "reinhard")
+    textdiff_overrides: dict = dataclasses.field(default_factory=dict)
     epochs: int = 50                # TextDiff head epochs (the paper's 50)...
     min_head_steps: int = 100       # ...but at least this many steps when K is small
     unet_iterations: int = 200      # CPU-sized budgets (REFERENCE's U-Net used 1 500 steps)
@@ -67,6 +70,13 @@ class MonusegConfig:
             raise ValueError("give at least one seed")
         if self.size % 16:
             raise ValueError(f"size must be a multiple of 16, got {self.size}")
+        if self.textdiff_overrides:
+            from ..core.textdiff.config import TextDiffConfig
+
+            known = {f.name for f in dataclasses.fields(TextDiffConfig)}
+            bad = sorted(set(self.textdiff_overrides) - known)
+            if bad:
+                raise ValueError(f"unknown TextDiff settings {bad}; known: {sorted(known)}")
 
     @classmethod
     def quick(cls, **kw) -> "MonusegConfig":
@@ -139,7 +149,8 @@ def _curve(values: Sequence[float], unit: str, max_points: int = 200) -> dict:
 def fit_and_evaluate(method: str, protocol: str, train, test, cfg, variants, seed: int,
                      device, should_stop=None):
     """Generator: train one method on ``train`` examples and score it on ``test``; returns
-    the result row (without method/protocol/k keys)."""
+    the result row (without method/protocol/k keys), or None when stopped before a model
+    existed."""
     from ..core.metrics import mean_metrics
     from .baselines import (SupervisedConfig, UNetConfig, crops_of, train_mgcc_light,
                             train_unet)
@@ -163,6 +174,7 @@ def fit_and_evaluate(method: str, protocol: str, train, test, cfg, variants, see
                         tile_overlap=cfg.tile_overlap)
         else:
             over.update(resize_to=cfg.size)
+        over.update(cfg.textdiff_overrides)
         model = variants.create(TEXTDIFF_MODES[method], cfg.head_preset, **over)
         hist = yield from model.fit(train, None, should_stop=should_stop,
                                     max_tiles_per_image=cfg.max_train_tiles if tiles else None)
@@ -172,6 +184,19 @@ def fit_and_evaluate(method: str, protocol: str, train, test, cfg, variants, see
 
         def predict(ex):
             return model.predict_proba(ex.image, ex.text, tiled=tiles)
+    elif method == "random_forest":       # the classic peer (ilastik / convpaint's classic mode)
+        from .forest import ForestConfig, train_random_forest
+
+        model = yield from train_random_forest(
+            train, ForestConfig(seed=seed, resize_to=None if tiles else cfg.size),
+            should_stop=should_stop)
+        if model is None:                 # stopped: no row for a forest never fitted
+            return None
+        curve = None
+        info = {"forest": model.config.to_dict(), "features": int(model.forest.n_features_in_)}
+
+        def predict(ex):
+            return model.predict_proba(ex.image)
     else:
         data = crops_of(train, cfg.size, cfg.tile_overlap, seed=seed) if tiles else list(train)
         mode = "tile" if tiles else "resize"
@@ -274,6 +299,8 @@ def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
                 train = [load(s) for s in subset]
                 row = yield from fit_and_evaluate(method, protocol, train, test, cfg, variants,
                                                   seed, dev, should_stop)
+                if row is None:
+                    break
                 row = {"method": method, "protocol": protocol, "k": k, **row}
                 log.add(row)
             yield unit_event(i + 1, len(units),

@@ -24,6 +24,7 @@ LABELS = {
     "textdiff": "TextDiff", "textdiff_no_text": "TextDiff without text",
     "textdiff_no_xattn": "TextDiff without cross-attention (pooled text concatenated)",
     "unet": "U-Net from scratch", "mgcc_light": "MGCC-light, supervised only",
+    "random_forest": "random forest on skimage filters (the classic peer)",
     "mgcc_50": "MGCC, 50 % labeled", "mgcc_50_synthetic": "MGCC, 50 % labeled + synthetic",
     "unet_full": "U-Net, fully supervised",
     "textdiff_notes": "TextDiff with clinical notes", "textdiff_no_notes": "TextDiff without notes",

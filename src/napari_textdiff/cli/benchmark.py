@@ -78,7 +78,11 @@ def register(sub) -> None:
     m.add_argument("--k", type=_ints, default=None, help="K values (default 1,2,5,10)")
     m.add_argument("--protocols", type=_strs, default=None, help="paper,tiles")
     m.add_argument("--methods", type=_strs, default=None,
-                   help="textdiff,textdiff_no_text,textdiff_no_xattn,unet,mgcc_light")
+                   help="textdiff,textdiff_no_text,textdiff_no_xattn,unet,mgcc_light,"
+                        "random_forest (the classic peer: skimage filters + scikit-learn)")
+    m.add_argument("--textdiff-set", action="append", default=None, metavar="KEY=VALUE",
+                   help="TextDiff config field set after the protocol's (JSON value), e.g. "
+                        "--textdiff-set scale=0.5 --textdiff-set stain_norm='\"reinhard\"'")
     m.add_argument("--unet-iterations", type=int, default=None)
     m.add_argument("--mgcc-iterations", type=int, default=None)
     m.add_argument("--max-train-tiles", type=int, default=None,
@@ -225,6 +229,22 @@ def _resume(args) -> dict:
             "merge_from": args.merge}
 
 
+def _key_values(items, flag: str) -> dict:
+    """``["scale=0.5", 'stain_norm="reinhard"']`` -> dict; values are JSON, else strings."""
+    import json
+
+    out = {}
+    for it in items:
+        key, sep, val = it.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} {it!r}: expected KEY=VALUE, e.g. {flag} scale=0.5")
+        try:
+            out[key.strip()] = json.loads(val)
+        except ValueError:
+            out[key.strip()] = val
+    return out
+
+
 def _monuseg(args) -> int:
     from napari_textdiff.benchmark.fewshot import MonusegConfig, run_monuseg
 
@@ -238,6 +258,8 @@ def _monuseg(args) -> int:
         "backbone_preset": "backbone_preset", "text_encoder": "text_encoder",
         "head_preset": "head_preset", "size": "size", "feature_cache_mb": "feature_cache_mb",
         "min_head_steps": "min_head_steps", "device": "device"})
+    if args.textdiff_set:
+        over["textdiff_overrides"] = _key_values(args.textdiff_set, "--textdiff-set")
     cfg = MonusegConfig.quick(**over) if args.quick else MonusegConfig(**over)
     writable_folder(args.out)
     res = _drive(run_monuseg(args.data, args.out, cfg, argv=_command(args), **_resume(args)),
