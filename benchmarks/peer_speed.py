@@ -1,0 +1,72 @@
+"""Seconds per 1000² image: the shipped histology TextDiff model vs the random-forest peer.
+
+Both predict the same MoNuSeg images in the same process, one after the other, with the same
+torch / BLAS thread count, features computed fresh (no memo): the forest is fitted first on
+the 5 images of the reference's seed-0 draw (``benchmark.forest`` defaults), then each image is
+predicted by both, alternating, so load changes on a shared machine hit both alike.
+
+  python benchmarks/peer_speed.py --threads 1 --out docs/benchmarks/peer_speed.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIVE = ["TCGA-A7-A13F-01Z-00-DX1", "TCGA-AR-A1AK-01Z-00-DX1", "TCGA-B0-5711-01Z-00-DX1",
+        "TCGA-DK-A2I6-01A-01-TS1", "TCGA-G9-6356-01Z-00-DX1"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "monuseg"))
+    p.add_argument("--images", type=int, default=3, help="images timed (not the 5 fitted)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from napari_textdiff.benchmark.forest import ForestConfig, train_random_forest
+    from napari_textdiff.core.datasets import load_monuseg
+    from napari_textdiff.core.defaults import default_model_path
+    from napari_textdiff.core.models import load_model
+    from napari_textdiff.core.progress import run
+
+    found = {s.name: s for s in load_monuseg(args.data, split=None)}
+    train = [found[n].load(channels=3) for n in FIVE]
+    others = [found[n].load(channels=3) for n in sorted(found) if n not in FIVE][:args.images]
+    t0 = time.monotonic()
+    forest = run(train_random_forest(train, ForestConfig(n_jobs=args.threads)))
+    fit_s = time.monotonic() - t0
+    td = load_model(default_model_path("histology"), device="cpu")
+    rows = []
+    for ex in others:
+        mp = ex.image.shape[0] * ex.image.shape[1] / 1e6
+        t = time.monotonic()
+        td.predict_proba(ex.image, ex.text)
+        t_td = time.monotonic() - t
+        t = time.monotonic()
+        forest.predict_proba(ex.image)
+        t_rf = time.monotonic() - t
+        rows.append({"name": ex.name, "megapixels": mp, "textdiff_s_per_1000sq": t_td / mp,
+                     "forest_s_per_1000sq": t_rf / mp})
+        print(json.dumps(rows[-1]), flush=True)
+    res = {"threads": args.threads, "load_average_end": os.getloadavg()[0],
+           "forest_fit_seconds": round(fit_s, 1), "textdiff_model": str(default_model_path(
+               "histology")), "rows": rows,
+           "mean": {k: sum(r[k] for r in rows) / len(rows)
+                    for k in ("textdiff_s_per_1000sq", "forest_s_per_1000sq")}}
+    print(json.dumps(res["mean"]))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
