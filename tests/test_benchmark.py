@@ -142,6 +142,34 @@ def test_forest_stops_before_fitting_and_refuses_one_class_masks():
     assert p.shape == mask.shape and p.dtype == np.float32
 
 
+def test_forest_samples_both_classes_equally_by_default(monkeypatch):
+    """Nuclei are a minority class: half the sampled pixels are foreground (a user's strokes),
+    unless ``balanced=False`` (a uniform sample)."""
+    from napari_textdiff.benchmark import forest
+    from napari_textdiff.core.models import Example
+    from napari_textdiff.core.progress import run
+
+    seen = []
+    real = forest._sklearn()
+
+    class Spy(real):
+        def fit(self, X, y):
+            seen.append(np.asarray(y))
+            return super().fit(X, y)
+
+    monkeypatch.setattr(forest, "_sklearn", lambda: Spy)
+    img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:16, :16] = 1                                       # 6 % foreground
+    ex = Example(img, mask, name="a")
+    cfg = forest.ForestConfig(pixels_per_image=400, n_estimators=5)
+    run(forest.train_random_forest([ex], cfg))
+    run(forest.train_random_forest([ex], forest.ForestConfig(**{**cfg.to_dict(),
+                                                                "balanced": False})))
+    assert len(seen[0]) == 400 and seen[0].mean() == 0.5
+    assert seen[1].mean() < 0.1
+
+
 def test_textdiff_overrides_are_checked_and_parsed():
     from napari_textdiff.benchmark.fewshot import MonusegConfig
     from napari_textdiff.cli.benchmark import _key_values

@@ -25,7 +25,10 @@ __all__ = ["ForestConfig", "ForestModel", "train_random_forest"]
 class ForestConfig(JsonConfig):
     n_estimators: int = 100
     max_depth: int = 20
-    pixels_per_image: int = 40_000     # sampled uniformly from each training image
+    pixels_per_image: int = 40_000     # sampled from each training image...
+    # ...half foreground, half background (as a user's strokes in ilastik are): nuclei are a
+    # minority class, and a uniform sample leaves the forest's 0.5 threshold far too high
+    balanced: bool = True
     sigma_min: float = 1.0
     sigma_max: float = 16.0
     resize_to: int | None = None       # paper protocol: whole images resized to N x N
@@ -98,9 +101,16 @@ def train_random_forest(examples: Sequence[Example], config: ForestConfig | None
             mask = np.asarray(resize_lowmem(mask.astype(np.float32), s, 1)) >= 0.5
         f = model.features(img)
         f = f.reshape(-1, f.shape[-1])
-        idx = rng.choice(len(f), min(cfg.pixels_per_image, len(f)), replace=False)
+        n = min(cfg.pixels_per_image, len(f))
+        flat = mask.ravel()
+        if cfg.balanced and flat.any() and not flat.all():
+            fg, bg = np.flatnonzero(flat), np.flatnonzero(~flat)
+            idx = np.concatenate([rng.choice(fg, min(n // 2, len(fg)), replace=False),
+                                  rng.choice(bg, min(n - n // 2, len(bg)), replace=False)])
+        else:
+            idx = rng.choice(len(f), n, replace=False)
         X.append(f[idx])
-        y.append(mask.ravel()[idx])
+        y.append(flat[idx])
         yield Progress("train", step=i + 1, total=len(examples) + 1,
                        message=f"random forest: features of {ex.name}",
                        elapsed=time.monotonic() - t0)
