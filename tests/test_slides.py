@@ -342,32 +342,64 @@ class _StainModel(FakeModel):
         return apply_stain_norm(np.asarray(image, np.float32), "reinhard", stain_stats)[..., 0]
 
 
+def _smoothed_pyramid_slide(path, img):
+    """Sub-resolutions made by block means, as scanners' pyramids are (smoothed, unlike
+    ``img[::k]``): the colour spread shrinks level by level."""
+    import tifffile
+
+    kw = dict(tile=(256, 256), compression="zlib", photometric="rgb", metadata=None)
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(img, subifds=2, resolution=(1e4 / MPP, 1e4 / MPP),
+                  resolutionunit="CENTIMETER", **kw)
+        for k in (4, 16):
+            h, w = img.shape[0] // k, img.shape[1] // k
+            small = img[:h * k, :w * k].reshape(h, k, w, k, 3).mean((1, 3)).round()
+            tif.write(small.astype(np.uint8), subfiletype=1, **kw)
+    return path
+
+
 def test_a_streamed_slide_is_stain_normalised_with_one_set_of_tissue_statistics(tmp_path):
-    """Every block gets the slide's statistics (measured over tissue on the coarsest level),
-    not its own: a block of glass with a little tissue is not stretched to look like H&E."""
+    """Every block gets the slide's statistics, measured over tissue at the working scale
+    (not on the smoothed coarse level, whose colour spread is far too small), not its own:
+    a block of glass with a little tissue is not stretched to look like H&E."""
     from napari_textdiff.core.progress import run
     from napari_textdiff.core.slides import open_slide
-    from napari_textdiff.core.stain import lab_statistics
+    from napari_textdiff.core.stain import lab_statistics, reinhard
     from napari_textdiff.core.wsi import iter_segment_slide, slide_stain_statistics
 
     rng = np.random.default_rng(0)
     img = np.full((1024, 1024, 3), 242, np.uint8)              # glass
-    img[:700, :700] = (190, 110, 170)                          # tissue
-    img[:700, :700] += rng.integers(0, 40, (700, 700, 3), dtype=np.uint8)
-    s = open_slide(_write_slide(tmp_path / "he.tif", img))
+    img[:700, :700] = (170, 90, 150)                           # tissue, pixel-level texture
+    img[:700, :700] += rng.integers(0, 70, (700, 700, 3), dtype=np.uint8)
+    s = open_slide(_smoothed_pyramid_slide(tmp_path / "he.tif", img))
     model = _StainModel()
     res = run(iter_segment_slide(model, s, level=0, threshold=0.5, block=256))
     assert len(model.seen) == 16
-    stats = slide_stain_statistics(s, (0, 0, 1024, 1024), 0)
+    stats = slide_stain_statistics(s, (0, 0, 1024, 1024), 0, 1.0)
     for got in model.seen:                                     # one set, the slide's
         np.testing.assert_allclose(got[0], stats[0]), np.testing.assert_allclose(got[1], stats[1])
-    mu_tissue, _ = lab_statistics(img[:700, :700].astype(np.float32) / 255)
-    assert abs(stats[0][0] - mu_tissue[0]) < 3                # glass left out (L)
-    from napari_textdiff.core.stain import reinhard
-
+    mu_t, sd_t = lab_statistics(img[:700, :700].astype(np.float32) / 255)
+    np.testing.assert_allclose(stats[0], mu_t, atol=1.5)       # glass left out
+    np.testing.assert_allclose(stats[1], sd_t, rtol=0.1)       # the full spread, not the coarse
+    top = np.asarray(s.read(2, 0, 0, 40, 40), np.float32) / 255
+    assert lab_statistics(top)[1][0] < 0.6 * sd_t[0]           # ... one the last level shows
     pixels = np.asarray(s.read(0, 0, 0, 1024, 1024), np.float32) / 255
     whole = reinhard(pixels, stats=stats)[..., 0] >= 0.5      # the slide normalised at once
     np.testing.assert_array_equal(res.level0() > 0, whole)    # block by block: no seams
     own = reinhard(pixels[640:896, 640:896])[..., 0] >= 0.5    # a mostly-glass block alone
     assert (own != whole[640:896, 640:896]).mean() > 0.02
     res.close()
+
+
+def test_the_coarse_view_subsamples_in_bounded_strips(slide):
+    """A large area on a level without enough pyramid: read in strips, subsampled to the pixel
+    budget, with the downsample that maps it back (the tissue mask's indexing relies on it)."""
+    from napari_textdiff.core.slides import open_slide
+    from napari_textdiff.core.wsi import _coarse_view
+
+    s = open_slide(slide[0])
+    full, f1 = _coarse_view(s, (0, 0, H0, W0), 0)
+    small, f2 = _coarse_view(s, (0, 0, H0, W0), 0, max_pixels=20_000, read_bytes=4 * 640 * 8)
+    step = round(f2 / f1)
+    assert step > 1 and small.shape[0] * small.shape[1] <= 1.5 * 20_000
+    np.testing.assert_array_equal(small, full[::step, ::step])

@@ -3,13 +3,12 @@
 Why: MoNuSeg's 30 images come from 18 hospitals; their mean lightness varies by ±11 LAB units
 and the best threshold per image from 0.2 to 0.85. Reinhard's method (Reinhard et al., 2001,
 as used in histopathology since Magee et al., 2009) maps each image's per-channel LAB mean and
-standard deviation onto fixed targets. With it (applied at native resolution by
-``benchmarks/td_issue16.py``, TD_STAIN=reinhard) the TextDiff histology head's 3-fold
-cross-validated Dice rose from 73.8 ± 10.5 to 75.3 ± 7.5; this module applies it at the
-working scale (``TextDiffConfig.stain_norm``), the same in training and prediction.
-Whole slides are predicted block by block, and each block gets its own statistics
-would get its own statistics: :func:`lab_statistics` measures the slide once, over its
-tissue on a coarse level, and every block is normalised with those (``core.wsi``).
+standard deviation onto fixed targets. With it the TextDiff histology head's 3-fold
+cross-validated Dice rose from 73.8 ± 10.5 to 75.4 ± 7.5 (the shipped histology model uses
+it). It is applied at the working scale (``TextDiffConfig.stain_norm``), the same in training
+and prediction. A whole slide streamed block by block is normalised with one set of
+statistics, measured over its tissue at the working scale (``core.wsi.slide_stain_statistics``
+gives them to :func:`reinhard` as ``stats``), not with each block's own.
 """
 from __future__ import annotations
 

@@ -85,16 +85,18 @@ def _at_scale(model, scale: float):
         c.scale = old
 
 
-def _coarse_view(slide: Slide, box, level: int, max_pixels: int = 1 << 22):
+def _coarse_view(slide: Slide, box, level: int, max_pixels: int = 1 << 22,
+                 read_bytes: int = 1 << 26):
     """``box`` (level coords) seen on the coarsest level, as floats in [0, 1] with at most
-    ~``max_pixels`` pixels (a level without a pyramid is read in strips and subsampled), and
-    its downsample relative to ``level``."""
+    ~``max_pixels`` pixels (a level without a pyramid is read in strips of about
+    ``read_bytes`` and subsampled), and its downsample relative to ``level``."""
     top = len(slide.levels) - 1
     f = min(slide.downsamples[top]) / min(slide.downsamples[level])
     y0, x0, y1, x1 = int(box[0] / f), int(box[1] / f), math.ceil(box[2] / f), \
         math.ceil(box[3] / f)
     step = max(1, math.ceil(math.sqrt((y1 - y0) * (x1 - x0) / max_pixels)))
-    strip = step * max(1, 2048 // step)
+    rows = max(1, read_bytes // max(1, (x1 - x0) * 4))     # RGBA-sized bound per read
+    strip = step * max(1, rows // step)
     parts = [np.asarray(slide.read(top, y, x0, min(y1, y + strip), x1))[::step, ::step]
              for y in range(y0, y1, strip)]
     t = np.concatenate(parts, 0)
@@ -122,18 +124,38 @@ def tissue_mask(slide: Slide, box, level: int) -> tuple[np.ndarray, float]:
     return _tissue(t), f
 
 
-def slide_stain_statistics(slide: Slide, box, level: int):
-    """LAB (mean, std) of the tissue in ``box`` (level coords), measured once on the coarsest
-    level, so every block of a slide is stain-normalised the same way (no seams). Falls back
-    to all pixels when no tissue is found; None for slides without colour."""
+def slide_stain_statistics(slide: Slide, box, level: int, scale: float, *, tissue=None,
+                           tiles: int = 16, side: int = 512, name: str = "slide"):
+    """LAB (mean, std) of the tissue in ``box`` (level coords) as the model sees it, so every
+    block of a slide is stain-normalised with the same statistics (no seams).
+
+    Up to ``tiles`` tiles of ``side`` level pixels, centred on tissue spread over the box
+    (``tissue``: :func:`tissue_mask`'s result, found on the coarsest level), are read at
+    ``level``, normalised as blocks are and resized by ``scale`` as prediction does: a coarse
+    pyramid level is smoothed, and its colour spread (the std Reinhard divides by) is
+    2-3x too small. None for slides without colour (gray: no a/b spread).
+    """
+    from .largeimage import lazy_image, resize_lowmem
     from .stain import lab_statistics
 
-    t, _ = _coarse_view(slide, box, level)
-    if t.ndim != 3 or t.shape[2] < 3:
-        return None
-    t = t[..., :3]
-    tissue = _tissue(t)
-    return lab_statistics(t, tissue if tissue.sum() >= 64 else None)
+    keep, f = tissue if tissue is not None else tissue_mask(slide, box, level)
+    ys, xs = np.nonzero(keep)
+    if not len(ys):                              # no tissue found: spread over the box
+        ys, xs = np.nonzero(np.ones_like(keep, bool))
+    y0, x0, y1, x1 = box
+    pixels = []
+    for k in np.unique(np.linspace(0, len(ys) - 1, min(tiles, len(ys))).round().astype(int)):
+        cy, cx = y0 + int((ys[k] + 0.5) * f), x0 + int((xs[k] + 0.5) * f)
+        ty, tx = (int(np.clip(c - side // 2, lo, max(lo, hi - side)))
+                  for c, lo, hi in ((cy, y0, y1), (cx, x0, x1)))
+        img = lazy_image(slide.read(level, ty, tx, min(y1, ty + side), min(x1, tx + side)),
+                         channels=3, name=name)
+        h, w = img.shape[:2]
+        img = np.asarray(resize_lowmem(img, (max(1, round(h * scale)), max(1, round(w * scale))),
+                                       1))[..., :3]
+        m = _tissue(img)
+        pixels.append(img[m] if m.sum() >= 16 else img.reshape(-1, 3))
+    return lab_statistics(np.concatenate(pixels)[:, None, :])
 
 
 def _instance_split(d: float):
@@ -202,14 +224,18 @@ def iter_segment_slide(model, slide: Slide, text: str | None = None, *, region=N
         from .stitching import block_grid, iter_label_blocks
 
         cores = block_grid(bh, bw, block) if tmp is not None else [(0, 0, bh, bw)]
-        keep = None
-        if tissue and tmp is not None:
-            keep, f = tissue_mask(slide, (by0, bx0, by1, bx1), level)
-        stats = None
-        if len(cores) > 1 and getattr(getattr(model, "config", None), "stain_norm", ""):
-            # one set of colour statistics for the whole area, not one per block
+        keep, stats, found = None, None, None
+        stain = getattr(getattr(model, "config", None), "stain_norm", "")
+        if tmp is not None and (tissue or stain):
+            found = tissue_mask(slide, (by0, bx0, by1, bx1), level)
+        if tissue and found is not None:
+            keep, f = found
+        if tmp is not None and stain:
+            # streamed: one set of colour statistics for the whole area, not one per block
+            # (an area that fits in one block is a plain image, normalised by its own)
             yield Progress("predict", 0, len(cores), message=f"{name}: stain statistics")
-            stats = slide_stain_statistics(slide, (by0, bx0, by1, bx1), level)
+            stats = slide_stain_statistics(slide, (by0, bx0, by1, bx1), level, s_lvl,
+                                           tissue=found, name=name)
         with _at_scale(model, s_lvl):
             for i, (cy0, cx0, cy1, cx1) in enumerate(cores):
                 if keep is not None and not keep[int(cy0 / f):math.ceil(cy1 / f),
