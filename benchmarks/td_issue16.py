@@ -177,14 +177,9 @@ def fit_curve(model, train, val):
 
 
 def parse_sets(sets):
-    out = {}
-    for s in sets or []:
-        k, v = s.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
+    from napari_textdiff.cli._common import key_values
+
+    return key_values(sets or [], "--set")
 
 
 def log(args, rec):
@@ -267,37 +262,30 @@ def cmd_cv(args):
 
 
 def cmd_rf(args):
-    from skimage.feature import multiscale_basic_features
-    from sklearn.ensemble import RandomForestClassifier
-
+    """The random-forest peer (``napari_textdiff.benchmark.forest``; ``--set balanced=false``
+    for the uniform pixel sample of the first RF_peer record)."""
+    from napari_textdiff.benchmark.forest import ForestConfig, train_random_forest
     from napari_textdiff.core.metrics import binary_metrics
+    from napari_textdiff.core.progress import run
 
+    over = parse_sets(args.set)
     train = load_data(args.train.split(",") if args.train else FIVE)
     names = args.eval.split(",") if args.eval else [
         n for n in sorted({s.name for s in load_data()}) if n not in {e.name for e in train}]
-    rng = np.random.default_rng(0)
-    feat = lambda im: multiscale_basic_features(im, channel_axis=-1, sigma_min=1,
-                                                sigma_max=16)
     t0 = time.monotonic()
-    X, y = [], []
-    for ex in train:
-        f = feat(ex.image).reshape(-1, 60 if ex.image.shape[-1] == 3 else 20)
-        idx = rng.choice(len(f), 40000, replace=False)
-        X.append(f[idx]), y.append((ex.mask.ravel() > 0)[idx])
-    rf = RandomForestClassifier(100, max_depth=20, n_jobs=1, random_state=0)
-    rf.fit(np.concatenate(X), np.concatenate(y))
+    rf = run(train_random_forest(train, ForestConfig(**over)))
     fit_s = time.monotonic() - t0
     rows = []
     for ex in load_data(names):
         t1 = time.monotonic()
-        f = feat(ex.image)
-        p = rf.predict_proba(f.reshape(-1, f.shape[-1]))[:, 1].reshape(ex.mask.shape)
+        p = rf.predict_proba(ex.image)
         r = binary_metrics(p >= 0.5, ex.mask > 0)
         r.update(name=ex.name, seconds=time.monotonic() - t1, aji=float("nan"),
                  dice_grid=[binary_metrics(p >= t, ex.mask > 0)["dice"] for t in GRID])
         rows.append(r)
-    log(args, {"cmd": "rf", "tag": args.tag, "train": [e.name for e in train],
-               "n_eval": len(rows), "fit_seconds": fit_s, **summary(rows), "rows": rows})
+    log(args, {"cmd": "rf", "tag": args.tag, "set": rf.config.to_dict(),
+               "train": [e.name for e in train], "n_eval": len(rows), "fit_seconds": fit_s,
+               **summary(rows), "rows": rows})
 
 
 def cmd_final(args):

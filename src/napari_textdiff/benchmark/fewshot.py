@@ -26,6 +26,9 @@ TEXTDIFF_MODES = {"textdiff": "cross_attention", "textdiff_no_text": "none",
                   "textdiff_no_xattn": "concat"}
 METHODS = (*TEXTDIFF_MODES, "unet", "mgcc_light", "random_forest")
 PROTOCOLS = ("paper", "tiles")
+#: TextDiff settings that ``--textdiff-set`` may not change: each unit sets them
+OWNED_BY_BENCHMARK = frozenset({"text_mode", "epochs", "seed", "taps", "backbone",
+                                "text_encoder", "max_length"})
 
 
 @dataclasses.dataclass
@@ -77,6 +80,11 @@ class MonusegConfig:
             bad = sorted(set(self.textdiff_overrides) - known)
             if bad:
                 raise ValueError(f"unknown TextDiff settings {bad}; known: {sorted(known)}")
+            owned = sorted(set(self.textdiff_overrides) & OWNED_BY_BENCHMARK)
+            if owned:
+                raise ValueError(f"--textdiff-set {owned}: the benchmark sets these itself "
+                                 "(text mode per method, epochs with --epochs, backbone, taps "
+                                 "and text encoder shared by all variants, seed per unit)")
 
     @classmethod
     def quick(cls, **kw) -> "MonusegConfig":

@@ -65,6 +65,10 @@ class ForestModel:
         from ..core.largeimage import resize_lowmem
 
         img = np.asarray(image, np.float32)
+        ch = 1 if img.ndim == 2 else img.shape[2]
+        if ch != self.channels:
+            raise ValueError(f"the forest was trained on {self.channels}-channel images, got "
+                             f"{ch} channels: give it images like its training images")
         h, w = img.shape[:2]
         s = self.config.resize_to
         work = np.asarray(resize_lowmem(img, (s, s), 1)) if s else img

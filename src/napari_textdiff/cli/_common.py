@@ -160,3 +160,19 @@ def run_keeping_work(model, gen, out, record: dict, which: str):
         print(f"interrupted at epoch {last['epoch']} (step {last['step']}): saved {which} "
               f"to {out}", file=sys.stderr, flush=True)
         raise
+
+
+def key_values(items, flag: str) -> dict:
+    """``["scale=0.5", 'stain_norm="reinhard"']`` -> dict; values are JSON, else strings."""
+    import json
+
+    out = {}
+    for it in items:
+        key, sep, val = it.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} {it!r}: expected KEY=VALUE, e.g. {flag} scale=0.5")
+        try:
+            out[key.strip()] = json.loads(val)
+        except ValueError:
+            out[key.strip()] = val
+    return out

@@ -56,7 +56,8 @@ def _textdiff_opts(p) -> None:
     p.add_argument("--text-encoder", default=None,
                    help="BERT-family directory (default: offline all-MiniLM-L6-v2)")
     p.add_argument("--head-preset", default=None, choices=["cpu", "light", "paper"],
-                   help="TextDiff head preset (light: the shipped models' 84 k-parameter head)")
+                   help="TextDiff head preset (light: the shipped models' 84 k-parameter head; "
+                        "its epochs still come from --epochs, default 50)")
     p.add_argument("--epochs", type=int, default=None, help="TextDiff head epochs")
     p.add_argument("--min-head-steps", type=int, default=None,
                    help="at least this many head optimiser steps (small K gets more epochs)")
@@ -230,22 +231,6 @@ def _resume(args) -> dict:
             "merge_from": args.merge}
 
 
-def _key_values(items, flag: str) -> dict:
-    """``["scale=0.5", 'stain_norm="reinhard"']`` -> dict; values are JSON, else strings."""
-    import json
-
-    out = {}
-    for it in items:
-        key, sep, val = it.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} {it!r}: expected KEY=VALUE, e.g. {flag} scale=0.5")
-        try:
-            out[key.strip()] = json.loads(val)
-        except ValueError:
-            out[key.strip()] = val
-    return out
-
-
 def _monuseg(args) -> int:
     from napari_textdiff.benchmark.fewshot import MonusegConfig, run_monuseg
 
@@ -260,7 +245,9 @@ def _monuseg(args) -> int:
         "head_preset": "head_preset", "size": "size", "feature_cache_mb": "feature_cache_mb",
         "min_head_steps": "min_head_steps", "device": "device"})
     if args.textdiff_set:
-        over["textdiff_overrides"] = _key_values(args.textdiff_set, "--textdiff-set")
+        from napari_textdiff.cli._common import key_values
+
+        over["textdiff_overrides"] = key_values(args.textdiff_set, "--textdiff-set")
     cfg = MonusegConfig.quick(**over) if args.quick else MonusegConfig(**over)
     writable_folder(args.out)
     res = _drive(run_monuseg(args.data, args.out, cfg, argv=_command(args), **_resume(args)),
