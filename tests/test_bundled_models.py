@@ -98,3 +98,23 @@ def test_bundled_ldm_samples_images(shipped_models):
         assert img.dtype == np.float32 and img.ndim == 3 and img.shape[-1] == 1
         assert 0 <= img.min() and img.max() <= 1 and img.std() > 0.01
         assert np.isfinite(s["distance"])
+
+
+@pytest.mark.parametrize("modality", ["histology", "xray"])
+def test_the_recipe_presets_are_the_shipped_models_settings(shipped_models, modality):
+    """``textdiff fit --preset histology|xray`` trains a head the way the bundled one was
+    (the epoch count and threshold aside: those are chosen per data set by cross-validation)."""
+    import json
+
+    from safetensors import safe_open
+
+    from napari_textdiff.core.textdiff.config import TextDiffConfig
+
+    with safe_open(str(shipped_models / f"{modality}.safetensors"), "pt") as f:
+        shipped = json.loads(f.metadata()["napari_textdiff"])["config"]
+    recipe = TextDiffConfig.preset(modality).to_dict()
+    skip = {"epochs", "threshold", "taps", "backbone", "text_encoder", "max_length", "seed",
+            "patience", "flip_average"}
+    differ = {k: (recipe[k], shipped.get(k)) for k in recipe
+              if k not in skip and k in shipped and recipe[k] != shipped[k]}
+    assert not differ

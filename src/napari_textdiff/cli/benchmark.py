@@ -55,9 +55,11 @@ def _textdiff_opts(p) -> None:
                         "it has attention at half resolution, slow at 256²)")
     p.add_argument("--text-encoder", default=None,
                    help="BERT-family directory (default: offline all-MiniLM-L6-v2)")
-    p.add_argument("--head-preset", default=None, choices=["cpu", "light", "paper"],
+    p.add_argument("--head-preset", default=None,
+                   choices=["cpu", "light", "paper", "histology", "xray"],
                    help="TextDiff head preset (light: the shipped models' 84 k-parameter head; "
-                        "its epochs still come from --epochs, default 50)")
+                        "histology / xray: with the bundled model's geometry; epochs still "
+                        "come from --epochs, default 50)")
     p.add_argument("--epochs", type=int, default=None, help="TextDiff head epochs")
     p.add_argument("--min-head-steps", type=int, default=None,
                    help="at least this many head optimiser steps (small K gets more epochs)")

@@ -9,6 +9,8 @@ import sys
 
 
 def register(sub) -> None:
+    from napari_textdiff.core.textdiff.config import PRESETS   # torch-free
+
     p = sub.add_parser("textdiff", help="TextDiff: fit a text-guided diffusion-feature head")
     tsub = p.add_subparsers(dest="textdiff_command", metavar="ACTION")
     f = tsub.add_parser("fit", help="fit a TextDiff head on K labelled images of a dataset")
@@ -35,9 +37,11 @@ def register(sub) -> None:
     b.add_argument("--random-backbone", default=None, metavar="PRESET",
                    help="baseline: a randomly initialised backbone of this preset, saved next "
                         "to the model as OUT.backbone/")
-    f.add_argument("--preset", default="cpu", choices=["cpu", "light", "paper"],
+    f.add_argument("--preset", default="cpu", choices=list(PRESETS),
                    help="head preset (cpu: 64-d head; light: 84 k-parameter head trained on "
-                        "crops, converges in CPU-minutes; paper: 768-d, ~10 M params)")
+                        "crops, converges in CPU-minutes; paper: 768-d, ~10 M params; "
+                        "histology / xray: the light head with the bundled model's geometry "
+                        "and stain handling)")
     f.add_argument("--text-encoder", default=None,
                    help="BERT-family directory or hub id (default: offline all-MiniLM-L6-v2)")
     f.add_argument("--text-mode", choices=["cross_attention", "none", "concat"], default=None)

@@ -126,3 +126,10 @@ PRESETS: dict[str, dict[str, Any]] = {
               "crop_size": 64, "batch_size": 4, "lr": 2e-3, "epoch_steps": 25, "epochs": 20,
               "patience": 8},
 }
+# the shipped models' recipes (light head + their geometry), so a user's own fit is trained the
+# way the bundled model of that modality was: histology = nuclei at scale 0.5, the UNet at 1/4
+# of native, stain normalised; X-ray = the whole image at 256², 128² crops, no text
+PRESETS["histology"] = {**PRESETS["light"], "scale": 0.5, "diffusion_scale": 0.5,
+                        "working_size": 512, "stain_norm": "reinhard"}
+PRESETS["xray"] = {**PRESETS["light"], "resize_to": 256, "working_size": 256, "scale": 1.0,
+                   "diffusion_scale": 1.0, "crop_size": 128, "text_mode": "none"}
