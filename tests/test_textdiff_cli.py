@@ -124,3 +124,22 @@ def test_errors_are_one_line(data, tmp_path, capsys):
     rc = main(["textdiff", "fit", str(data["ds"]), "--out", str(tmp_path / "m.safetensors"),
                "--backbone", str(tmp_path / "no_backbone"), "--device", "cpu"])
     assert rc == 2 and "no_backbone" in capsys.readouterr().err
+
+
+def test_fit_with_the_histology_recipe_preset(data, capsys):
+    """``--preset histology``: the light head at scale 0.5 with stain normalisation, stored in
+    the file, and the fitted model segments at the images' own size."""
+    out = data["root"] / "recipe.safetensors"
+    rc = main(["textdiff", "fit", str(data["ds"]), "--shots", "3", "--preset", "histology",
+               "--out", str(out), "--backbone", str(data["bb"]), "--text-encoder",
+               str(data["bert"]), "--working-size", "32", "--epochs", "2", "--steps", "10",
+               "--max-length", "12", "--device", "cpu"])
+    assert rc == 0
+    capsys.readouterr()
+    c = read_bundle_header(out)["config"]
+    assert (c["head"], c["scale"], c["stain_norm"], c["features"]) == \
+        ("light", 0.5, "reinhard", "both")
+    img = sorted(str(p) for p in (data["ds"] / "images").glob("*.png"))[0]
+    rc = main(["segment", img, "--model", str(out), "--text", "x", "--out",
+               str(data["root"] / "seg2"), "--device", "cpu"])
+    assert rc == 0 and io.read_mask(data["root"] / "seg2" / "im0_mask.tif").shape == (32, 32)
