@@ -73,3 +73,26 @@ def test_textdiff_overrides_are_checked_and_parsed():
     with pytest.raises(ValueError, match="sets these itself"):
         MonusegConfig(textdiff_overrides={"text_mode": "none"})
     assert MonusegConfig(textdiff_overrides={"scale": 0.5}).textdiff_overrides == {"scale": 0.5}
+
+
+def test_the_recorded_command_repeats_textdiff_set_and_the_report_names_it():
+    """The run's command line can be pasted back: one ``--textdiff-set`` per setting (a
+    comma-joined list would parse as one string); the Markdown says the tile size changed."""
+    import argparse
+
+    from napari_textdiff.benchmark.report import _run_lines
+    from napari_textdiff.cli._common import key_values
+    from napari_textdiff.cli.benchmark import _command
+
+    args = argparse.Namespace(benchmark_command="monuseg", k=[5], seeds=[0, 1],
+                              textdiff_set=["scale=0.5", 'stain_norm="reinhard"'],
+                              no_progress=True, func=None)
+    argv = _command(args)
+    assert argv[argv.index("--k") + 1] == "5" and argv[argv.index("--seeds") + 1] == "0,1"
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--textdiff-set"]
+    assert key_values(sets, "--textdiff-set") == {"scale": 0.5, "stain_norm": "reinhard"}
+    res = {"run": {"command": " ".join(argv), "device_description": "cpu", "torch": "2",
+                   "python": "3", "started": "now", "seeds": [0, 1],
+                   "config": {"head_preset": "light", "textdiff_overrides": {"scale": 0.5}}},
+           "wall_seconds": 60}
+    assert any("settings set after the protocol's: scale=0.5" in x for x in _run_lines(res))

@@ -153,6 +153,11 @@ def _run_lines(res: dict) -> list[str]:
                         f" ({bb.get('path')})"))
     if res.get("text_encoder"):
         lines.append(f"- text encoder: {res['text_encoder']}")
+    cfg = r.get("config") or {}
+    if cfg.get("textdiff_overrides"):      # the protocol label's tile size no longer holds
+        over = ", ".join(f"{k}={v}" for k, v in cfg["textdiff_overrides"].items())
+        lines.append(f"- TextDiff head preset `{cfg.get('head_preset')}`, settings set after "
+                     f"the protocol's: {over}")
     if res.get("split_note"):
         lines.append(f"- split: {res['split_note']}")
     if res.get("resumed"):

@@ -197,6 +197,10 @@ def _drive(gen, enabled: bool):
         bar.close()
 
 
+#: options given once per value (``action="append"``), not as one comma-separated list
+REPEATED = frozenset({"textdiff_set"})
+
+
 def _command(args) -> list[str]:
     """The canonical command line of this run (every option that is set), for the JSON."""
     argv = ["napari-textdiff", "benchmark", args.benchmark_command]
@@ -208,6 +212,9 @@ def _command(args) -> list[str]:
         flag = "--" + key.replace("_", "-")
         if val is True:
             argv.append(flag)
+        elif key in REPEATED:                           # action="append": one flag each
+            for v in val:
+                argv += [flag, str(v)]
         elif isinstance(val, (list, tuple)):
             argv += [flag, ",".join(str(v) for v in val)]
         else:
