@@ -65,8 +65,8 @@ def main(argv=None) -> int:
            "forest_fit_seconds": round(fit_s, 1), "forest": forest.config.to_dict(),
            "textdiff_model": model_path.name,
            "textdiff_config": {k: td.config.to_dict()[k] for k in (
-               "features", "scale", "diffusion_scale", "working_size", "steps", "stain_norm",
-               "flip_average")}, "rows": rows,
+               "features", "scale", "diffusion_scale", "working_size", "steps",
+               "stain_norm")}, "rows": rows,
            "mean": {k: sum(r[k] for r in rows) / len(rows)
                     for k in ("textdiff_s_per_1000sq", "forest_s_per_1000sq")}}
     print(json.dumps(res["mean"]))

@@ -245,16 +245,7 @@ def cmd_cv(args):
         rows += score(m, va, keep_probs=out)
     grid_mean = np.mean([r["dice_grid"] for r in rows], 0)
     thr = GRID[int(np.argmax(grid_mean))]
-    paired = None
-    if over.get("flip_average"):      # the same fold heads without it: a paired comparison
-        plain = []
-        for m, states, va in fold_states:
-            m.config.flip_average = False
-            plain += score(m, va)
-        g = np.mean([r["dice_grid"] for r in plain], 0)
-        paired = {"without_flip_average": {**summary(plain), "oof_threshold": GRID[int(np.argmax(g))],
-                                           "oof_dice_at_threshold": float(g.max())}}
-    log(args, {"cmd": "cv", "paired": paired, "tag": args.tag, "set": over, "folds": args.folds,
+    log(args, {"cmd": "cv", "tag": args.tag, "set": over, "folds": args.folds,
                "seed": args.seed, "best_epoch": best_epoch,
                "mean_curve": mean_curve.round(4).tolist(), "curves": curves,
                "oof_threshold": thr, "oof_dice_at_threshold": float(grid_mean.max()),

@@ -132,32 +132,3 @@ def test_light_fit_learns_and_roundtrips(env, tmp_path, kind):
     ex = shapes_set(1, seed=5)[0]
     np.testing.assert_array_equal(m.predict_proba(ex.image, ex.text),
                                   back.predict_proba(ex.image, ex.text))
-
-
-def test_flip_average_is_the_mean_of_the_four_flipped_head_outputs():
-    """``flip_average``: the head sees the features and their 3 flips, each output is flipped
-    back, and the maps are averaged (a head with a left-right bias loses it)."""
-    import torch
-
-    from napari_textdiff.core.textdiff.config import TextDiffConfig
-    from napari_textdiff.core.textdiff.model import TextDiffModel
-
-    cfg = TextDiffConfig.preset("light", features="classic", text_mode="none", working_size=32)
-    m = TextDiffModel.create(cfg, device="cpu")
-    ramp = torch.linspace(-2, 2, 16).view(1, 1, 1, 16)       # bias towards the right edge
-
-    def biased_head(feats, th, tm, out_size=None):
-        logit = feats[0][:, :1] + ramp
-        return torch.cat([torch.zeros_like(logit), logit], 1)
-
-    m.head = type("Stub", (torch.nn.Module,), {"forward": lambda self, *a, **k:
-                                                biased_head(*a, **k)})()
-    f = [torch.randn(1, 3, 16, 16)]
-    plain = m._head_proba(f, None, None, (16, 16))
-    m.config.flip_average = True
-    avg = m._head_proba(f, None, None, (16, 16))
-    x = f[0][:, 0]
-    expect = sum(torch.sigmoid(x + ramp[0, 0] if d in ((), (-2,)) else x + ramp[0, 0].flip(-1))
-                 for d in ((), (-1,), (-2,), (-2, -1))) / 4
-    torch.testing.assert_close(plain, torch.sigmoid(x + ramp[0, 0]))
-    torch.testing.assert_close(avg, expect)

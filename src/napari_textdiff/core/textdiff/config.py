@@ -63,9 +63,6 @@ class TextDiffConfig(JsonConfig):
     # "light": inputs standardised, scales mixed by a 1x1 conv before the 3x3 (core.textdiff.head)
     head: str = "conv"
     text_stride: int = 8                    # light head: text fused at this stride or coarser
-    # prediction: average the head over the 4 flips of the features (computed once; the head
-    # was trained on flipped features, so each flip is in distribution)
-    flip_average: bool = False
     # --- training ---------------------------------------------------------------------------
     epochs: int = 50
     lr: float = 1e-3

@@ -199,14 +199,9 @@ class TextDiffModel:
         from ..device import autocast
 
         self.head.eval()
-        flips = [(), (-1,), (-2,), (-2, -1)] if self.config.flip_average else [()]
-        out = 0.0
         with torch.inference_mode(), autocast(self.device):
-            for d in flips:
-                f = [x.flip(d) if d else x for x in feats]
-                p = self.head(f, th, tm, out_size=size).float().softmax(1)[:, 1]
-                out = out + (p.flip(d) if d else p)
-        return out / len(flips)
+            logits = self.head(feats, th, tm, out_size=size)
+        return logits.float().softmax(1)[:, 1]
 
     # -- prediction -----------------------------------------------------------------------------
     def _predict_fn(self, text: str | None):
