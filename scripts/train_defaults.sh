@@ -25,9 +25,9 @@ export)     # ship the EMA backbone as fp16 (loaded back as float32)
 histology)  # TextDiff light head (issue 16): bundled-backbone taps (UNet at 1/4 native) + classic
             # filter bank at scale 0.5, all 30 MoNuSeg images; k-fold CV picks the epoch count and
             # the threshold (out-of-fold, native resolution), then the head is refit on all 30;
-            # Reinhard stain normalisation (session 9)
+            # Reinhard stain normalisation, one noise step, holes filled (session 9)
   HS=(--set scale=0.5 --set features=both --set diffusion_scale=0.5 --set working_size=512
-      --set stain_norm='"reinhard"')
+      --set stain_norm='"reinhard"' --set steps='[50]' --set fill_holes=true)
   .venv/bin/python benchmarks/td_issue16.py cv --folds "${TD_FOLDS:-3}" "${HS[@]}" \
     --set epochs="${TD_EPOCHS:-8}" --tag CV_hist
   .venv/bin/python benchmarks/td_issue16.py final --cv-tag CV_hist "${HS[@]}" --tag FINAL_hist \

@@ -110,3 +110,33 @@ def test_a_threshold_passed_where_the_description_goes_is_refused(tiny_mgcc_path
     with pytest.raises(TypeError, match="threshold="):
         m.predict_mask(img, 0.3)
     assert m.predict_mask(img, threshold=0.3).shape == (32, 32)
+
+
+def test_models_that_fill_holes_get_solid_objects_everywhere_a_mask_is_made():
+    """``config.fill_holes`` (the histology recipe): a ring comes out as a disc from
+    ``predict_mask``, the panel's ``probability_to_labels`` and a streamed slide alike; a
+    model without it keeps the hole."""
+    from types import SimpleNamespace
+
+    from napari_textdiff.core.prediction import binary_mask, predict_mask, probability_to_labels
+
+    yy, xx = np.mgrid[:40, :40]
+    r = np.hypot(yy - 20, xx - 20)
+    ring = ((r < 12) & (r > 5)).astype(np.float32)
+
+    class Ring:
+        uses_text = False
+        channels = 1
+
+        def __init__(self, fill):
+            self.config = SimpleNamespace(fill_holes=fill, threshold=0.5)
+
+        def predict_proba(self, image, text=None, **kw):
+            return ring
+
+    solid = predict_mask(Ring(True), np.zeros((40, 40), np.float32))
+    assert solid[20, 20] == 1 and solid.sum() == (r < 12).sum()
+    assert predict_mask(Ring(False), np.zeros((40, 40), np.float32))[20, 20] == 0
+    lab = probability_to_labels(ring, 0.5, True, Ring(True))
+    assert lab[20, 20] > 0 and len(np.unique(lab[r < 12])) == 1
+    assert not binary_mask(None, ring, 0.5)[20, 20]           # no model: threshold only

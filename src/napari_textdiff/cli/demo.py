@@ -53,6 +53,7 @@ def segment_sample(modality: str, out: Path, device="auto") -> dict:
     from napari_textdiff.core.instances import binary_to_instances
     from napari_textdiff.core.io import load_image, write_image, write_mask
     from napari_textdiff.core.models import load_model
+    from napari_textdiff.core.prediction import binary_mask
 
     img_path, info = sample_path(modality)
     defaults = modality_defaults(modality)
@@ -69,7 +70,7 @@ def segment_sample(modality: str, out: Path, device="auto") -> dict:
     prob = model.predict_proba(image, text)
     t_pred = time.perf_counter() - t0
     threshold = get_threshold(model)      # the model's own (calibrated) threshold
-    mask = (prob >= threshold).astype("uint8")
+    mask = binary_mask(model, prob, threshold).astype("uint8")
     labels = binary_to_instances(mask) if defaults.split_instances else mask.astype("int32")
     stem = img_path.stem
     write_mask(out / f"{stem}_mask.tif", labels)

@@ -85,7 +85,7 @@ def _run(args) -> int:
     from napari_textdiff.cli._common import load_model, output_stems, writable_folder
     from napari_textdiff.core import io
     from napari_textdiff.core.calibration import get_threshold
-    from napari_textdiff.core.prediction import iter_predict
+    from napari_textdiff.core.prediction import binary_mask, iter_predict
     from napari_textdiff.core.progress import print_progress, run
 
     from napari_textdiff.cli._inputs import expand_inputs, segment_slide
@@ -147,7 +147,7 @@ def _run(args) -> int:
                    callback=print_progress(every=2.0) if args.progress else None)
         del img
         t3 = time.monotonic()
-        mask = prob >= thr                                   # bool: 1 byte a pixel
+        mask = binary_mask(model, prob, thr)                 # bool: 1 byte a pixel
         if args.save_proba:
             io.write_image(out / f"{stem}_proba.tif", prob)
         del prob

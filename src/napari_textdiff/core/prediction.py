@@ -13,7 +13,7 @@ import numpy as np
 
 from .progress import Progress
 
-__all__ = ["iter_predict", "predict_mask", "probability_to_labels"]
+__all__ = ["iter_predict", "predict_mask", "probability_to_labels", "binary_mask"]
 
 
 def iter_predict(model, image, text: str | None = None, *, tiled: bool = True, device=None,
@@ -54,7 +54,8 @@ def predict_mask(model, image, text: str | None = None, *, threshold: float | No
                         "threshold=...")
     text = text if getattr(model, "uses_text", False) else None
     prob = model.predict_proba(image, text, **kw)
-    mask = (prob >= (get_threshold(model) if threshold is None else threshold)).astype(np.uint8)
+    mask = binary_mask(model, prob, get_threshold(model) if threshold is None else threshold)
+    mask = mask.astype(np.uint8)
     if instances:
         from .instances import binary_to_instances
 
@@ -62,9 +63,22 @@ def predict_mask(model, image, text: str | None = None, *, threshold: float | No
     return mask
 
 
-def probability_to_labels(prob: np.ndarray, threshold: float, split: bool) -> np.ndarray:
-    """int32 labels: {0, 1} or, with ``split``, one id per object (touching ones separated)."""
+def binary_mask(model, prob: np.ndarray, threshold: float) -> np.ndarray:
+    """The one way a probability map becomes a mask: ``prob >= threshold``, then the model's
+    own post-processing (``config.fill_holes``: holes inside objects filled). Bool (H, W)."""
     mask = np.asarray(prob) >= threshold
+    if getattr(getattr(model, "config", None), "fill_holes", False) and mask.any():
+        from scipy import ndimage as ndi
+
+        mask = ndi.binary_fill_holes(mask)
+    return mask
+
+
+def probability_to_labels(prob: np.ndarray, threshold: float, split: bool,
+                          model=None) -> np.ndarray:
+    """int32 labels: {0, 1} or, with ``split``, one id per object (touching ones separated);
+    ``model``'s post-processing applied (:func:`binary_mask`)."""
+    mask = binary_mask(model, prob, threshold)
     if split:
         from .instances import binary_to_instances
 

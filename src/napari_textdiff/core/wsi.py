@@ -182,7 +182,7 @@ def iter_segment_slide(model, slide: Slide, text: str | None = None, *, region=N
     blocks)`` then ``Progress("instances", …)``.
     """
     from .largeimage import lazy_image
-    from .prediction import iter_predict
+    from .prediction import binary_mask, iter_predict
 
     s = model_scale(model)
     if level is None:
@@ -263,7 +263,10 @@ def iter_segment_slide(model, slide: Slide, text: str | None = None, *, region=N
                     if tmp is not None:
                         tmp.cleanup()
                     return None
-                core = prob[cy0 - ry0:cy1 - ry0, cx0 - rx0:cx1 - rx0] >= threshold
+                # the model's mask on the block with its halo, then the core (holes that
+                # reach into the halo are seen whole)
+                core = binary_mask(model, prob, threshold)[cy0 - ry0:cy1 - ry0,
+                                                            cx0 - rx0:cx1 - rx0]
                 mask[cy0:cy1, cx0:cx1] = core
                 del img, prob
         if tmp is None:

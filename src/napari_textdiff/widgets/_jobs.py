@@ -58,7 +58,7 @@ def segment_job(get_model: Callable[[], Any], items: Sequence[SegmentItem], *,
                                        should_stop=should_stop, name=label)
         if prob is None:
             break
-        labels = probability_to_labels(prob, threshold, split)
+        labels = probability_to_labels(prob, threshold, split, model)
         done += 1
         yield Progress("segment", i + 1, total, message=it.name,
                        payload=Segmented(it.name, labels, float((labels > 0).mean())))
