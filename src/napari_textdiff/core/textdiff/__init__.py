@@ -2,7 +2,8 @@
 multi-scale cross-attention head (Feng et al. 2023). Submodules import torch; this package
 file does not, so ``import napari_textdiff.core.textdiff`` stays light.
 
-- ``config.TextDiffConfig`` — every setting, stored in the model bundle (presets cpu/paper)
+- ``config.TextDiffConfig`` — every setting, stored in the model bundle (presets cpu/paper/light and
+  the shipped recipes histology/xray)
 - ``features.DiffusionFeatures`` — hooked ``UNet2DModel`` decoder activations at noise steps
 - ``text_encoder.TextEncoder`` — frozen BERT-family token states + attention mask, cached
 - ``head.TextDiffHead`` — the trainable part

@@ -128,7 +128,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # the shipped models' recipes (light head + their geometry), so a user's own fit is trained the
 # way the bundled model of that modality was: histology = nuclei at scale 0.5, the UNet at 1/4
-# of native, one noise step (t = 50), stain normalised; X-ray = the whole image at 256², 128² crops, no text
+# of native, one noise step (t = 50), stain normalised, holes filled; X-ray = the whole image
+# at 256², 128² crops, no text
 PRESETS["histology"] = {**PRESETS["light"], "scale": 0.5, "diffusion_scale": 0.5,
                         "working_size": 512, "stain_norm": "reinhard", "steps": [50],
                         "fill_holes": True}
