@@ -47,6 +47,8 @@ def _resumable(p) -> None:
 
 
 def _textdiff_opts(p) -> None:
+    from napari_textdiff.core.textdiff.config import PRESETS   # torch-free
+
     p.add_argument("--backbone", default=None,
                    help="TextDiff diffusion backbone directory (default: the bundled one, else "
                         "a random-init backbone of --backbone-preset, recorded as such)")
@@ -55,8 +57,7 @@ def _textdiff_opts(p) -> None:
                         "it has attention at half resolution, slow at 256²)")
     p.add_argument("--text-encoder", default=None,
                    help="BERT-family directory (default: offline all-MiniLM-L6-v2)")
-    p.add_argument("--head-preset", default=None,
-                   choices=["cpu", "light", "paper", "histology", "xray"],
+    p.add_argument("--head-preset", default=None, choices=list(PRESETS),
                    help="TextDiff head preset (light: the shipped models' 84 k-parameter head; "
                         "histology / xray: with the bundled model's geometry; epochs still "
                         "come from --epochs, default 50)")

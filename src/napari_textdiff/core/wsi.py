@@ -224,12 +224,11 @@ def iter_segment_slide(model, slide: Slide, text: str | None = None, *, region=N
         from .stitching import block_grid, iter_label_blocks
 
         cores = block_grid(bh, bw, block) if tmp is not None else [(0, 0, bh, bw)]
-        keep, stats, found = None, None, None
         stain = getattr(getattr(model, "config", None), "stain_norm", "")
-        if tmp is not None and (tissue or stain):
-            found = tissue_mask(slide, (by0, bx0, by1, bx1), level)
-        if tissue and found is not None:
-            keep, f = found
+        found = tissue_mask(slide, (by0, bx0, by1, bx1), level) \
+            if tmp is not None and (tissue or stain) else None
+        keep, f = found if tissue and found is not None else (None, None)
+        stats = None
         if tmp is not None and stain:
             # streamed: one set of colour statistics for the whole area, not one per block
             # (an area that fits in one block is a plain image, normalised by its own)
