@@ -107,3 +107,131 @@ def test_cli_train_ldm_and_synthesize(tmp_path):
     assert (out / "samples.csv").read_text().startswith("file,seed,index,distance")
     assert np.asarray(Image.open(out / rows[0]["file"])).shape == (32, 32)
     assert main(["synthesize", str(tmp_path / "nope"), "-n", "1", "--out", str(out)]) == 2
+
+
+RESUMABLE = dict(preset="tiny", vae_steps=12, unet_steps=10, vae_batch=2, unet_batch=2,
+                 vae_lr=3e-3, log_every=2, checkpoint_every=5, device="cpu")
+
+
+def _drive_until(gen, stage, step):
+    """Run the trainer until it reports ``stage`` at ``step``, then close it (Ctrl-C / Stop)."""
+    for ev in gen:
+        if ev.stage == stage and ev.step == step:
+            gen.close()
+            return
+    raise AssertionError(f"never reached {stage} {step}")
+
+
+def test_interrupted_runs_resume_exactly(tmp_path):
+    """Stopped in the autoencoder and again in the latent UNet, the run continues where it
+    stopped and ends with the losses and weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    imgs = _images(1, n=4)
+    run(train_ldm(imgs, tmp_path / "whole", channels=1, **RESUMABLE))
+    part = tmp_path / "part"
+    _drive_until(train_ldm(imgs, part, channels=1, **RESUMABLE), "vae", 8)
+    assert (part / "ldm_state.pt").is_file()
+    assert json.loads((part / "ldm.json").read_text())["vae_steps_done"] == 8
+    events = []
+    gen = train_ldm(imgs, part, channels=1, **RESUMABLE)
+    for ev in gen:
+        events.append(ev)
+        if ev.stage == "unet" and ev.step == 6:
+            gen.close()
+            break
+    assert "resuming the autoencoder at step 8" in [e.message for e in events][1]
+    out = run(train_ldm(imgs, part, channels=1, **RESUMABLE))
+
+    whole = json.loads((tmp_path / "whole" / "training_log.json").read_text())
+    resumed = json.loads((out / "training_log.json").read_text())
+    assert [(r["stage"], r["step"]) for r in resumed] == [(r["stage"], r["step"]) for r in whole]
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in whole], rel=1e-5)
+    a = load_file(tmp_path / "whole" / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    meta = json.loads((out / "ldm.json").read_text())
+    assert meta["unet_steps_done"] == 10 and meta["vae_steps_done"] == 12
+    assert (out / "training_log.csv").read_text().startswith("stage,step,loss,mse,elapsed_s")
+
+    # more steps later: continues from 10, the autoencoder stays as it was (latents depend on it)
+    vae_before = load_file(out / "vae" / "diffusion_pytorch_model.safetensors")
+    run(train_ldm(imgs, out, channels=1, **{**RESUMABLE, "unet_steps": 14, "vae_steps": 20}))
+    meta = json.loads((out / "ldm.json").read_text())
+    assert meta["unet_steps_done"] == 14 and meta["vae_steps_done"] == 12
+    vae_after = load_file(out / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(vae_before[k], vae_after[k]) for k in vae_before)
+
+
+def test_resume_refuses_another_runs_state(tmp_path):
+    imgs = _images(1, n=4)
+    _drive_until(train_ldm(imgs, tmp_path, channels=1, **RESUMABLE), "vae", 4)
+    with pytest.raises(ValueError, match=r"ldm_state.pt: was trained with different settings "
+                                         r"vae_lr=0.003 \(now 0.001\)"):
+        run(train_ldm(imgs, tmp_path, channels=1, **{**RESUMABLE, "vae_lr": 1e-3}))
+    with pytest.raises(ValueError, match="was trained on other images"):
+        run(train_ldm(imgs[:3], tmp_path, channels=1, **RESUMABLE))
+    # --no-resume starts over
+    gen = train_ldm(imgs, tmp_path, channels=1, resume=False, **RESUMABLE)
+    assert [next(gen).stage, next(gen).step] == ["load", 2]
+    gen.close()
+
+
+def test_cli_ctrl_c_saves_and_the_same_command_continues(tmp_path, monkeypatch, capsys):
+    """Ctrl-C stops `train-ldm` at a step boundary with its state saved; the same command again
+    continues from there instead of starting over."""
+    import os
+    import signal
+
+    from PIL import Image
+
+    import napari_textdiff.core.progress as progress
+    from napari_textdiff.cli import main
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i, a in enumerate(_images(1, n=4)):
+        Image.fromarray((a[..., 0] * 255).astype(np.uint8)).save(src / f"im{i}.png")
+    ldm = tmp_path / "ldm"
+    argv = ["train-ldm", str(src), "--out", str(ldm), "--channels", "1", "--preset", "tiny",
+            "--vae-steps", "25", "--unet-steps", "2", "--vae-batch", "2", "--unet-batch", "2",
+            "--device", "cpu"]
+    seen = []
+
+    def ctrl_c_at_step_10(every=1.0, stream=None):
+        def cb(ev):
+            seen.append((ev.stage, ev.step))
+            if (ev.stage, ev.step) == ("vae", 10):
+                os.kill(os.getpid(), signal.SIGINT)
+        return cb
+
+    monkeypatch.setattr(progress, "print_progress", ctrl_c_at_step_10)
+    assert main(argv) == 130
+    assert "run the same command again to continue" in capsys.readouterr().err
+    meta = json.loads((ldm / "ldm.json").read_text())
+    assert meta["vae_steps_done"] == 10 and not meta["vae_done"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+
+    seen.clear()
+    monkeypatch.setattr(progress, "print_progress", lambda every=1.0, stream=None: seen.append)
+    assert main(argv) == 0
+    steps = [(e.stage, e.step) for e in seen if e.stage == "vae"]
+    assert steps[0] == ("vae", 10) and ("vae", 20) in steps        # resumed, not restarted
+    log = json.loads((ldm / "training_log.json").read_text())
+    assert [r["step"] for r in log if r["stage"] == "vae"] == [10, 20, 25]
+    assert json.loads((ldm / "ldm.json").read_text())["unet_steps_done"] == 2
+
+
+def test_second_ctrl_c_aborts():
+    import os
+    import signal
+
+    from napari_textdiff.cli._common import StopOnCtrlC
+
+    with StopOnCtrlC("a test job") as stop:
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -176,3 +176,48 @@ def key_values(items, flag: str) -> dict:
         except ValueError:
             out[key.strip()] = val
     return out
+
+
+class StopOnCtrlC:
+    """First Ctrl-C asks a long job to stop at its next step boundary (it saves its state there,
+    so nothing half-updated is written); a second Ctrl-C aborts at once.
+
+    Why not catch ``KeyboardInterrupt``: it can land inside an optimiser step and leave weights
+    and optimiser moments out of step; a job that stops between steps resumes exactly.
+    Use as ``with StopOnCtrlC("training") as stop: run(job(..., should_stop=stop))``.
+    Outside the main thread (where signals cannot be handled) it never asks to stop.
+    """
+
+    def __init__(self, what: str = "the job"):
+        self.what = what
+        self.requested = False
+        self._previous = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.requested:
+            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\nstopping {self.what} after the current step and saving its state "
+              "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopOnCtrlC":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+        import threading
+
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)
+        self._previous = None

@@ -7,6 +7,9 @@ several GPUs/nodes.
 from __future__ import annotations
 
 import json
+import sys
+
+from napari_textdiff.cli._common import StopOnCtrlC
 
 
 def _common_images(p) -> None:
@@ -72,6 +75,11 @@ def register(sub) -> None:
     p.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     p.add_argument("--retrain-vae", action="store_true",
                    help="train the autoencoder again even if OUT/vae is finished")
+    p.add_argument("--checkpoint-every", type=int, default=500,
+                   help="save the resumable state every N steps (and on Ctrl-C)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="ignore OUT/ldm_state.pt and start over (by default a run continues "
+                        "where an earlier one with the same settings stopped)")
     p.set_defaults(func=_train_ldm)
 
     p = sub.add_parser("synthesize", help="sample images from a latent diffusion directory "
@@ -99,9 +107,15 @@ def _pretrain(args) -> int:
                          log_every=args.log_every, max_side=args.max_side, seed=args.seed,
                          mixed_precision=args.mixed_precision, compile=args.compile)
     _check_out(args.out)
-    out = run(pretrain_backbone(args.images, args.out, cfg, device=args.device,
-                                resume=not args.no_resume, recursive=args.recursive,
-                                exclude=args.exclude), callback=print_progress())
+    with StopOnCtrlC("the backbone pretraining") as stop:
+        out = run(pretrain_backbone(args.images, args.out, cfg, device=args.device,
+                                    resume=not args.no_resume, should_stop=stop,
+                                    recursive=args.recursive, exclude=args.exclude),
+                  callback=print_progress())
+    if stop.requested:
+        print(f"stopped: the checkpoint is saved in {out}; run the same command again to "
+              "continue", file=sys.stderr)
+        return 130
     print(out)
     return 0
 
@@ -127,10 +141,17 @@ def _train_ldm(args) -> int:
     cfg = LDMConfig(preset=args.preset, channels=args.channels, size=args.size,
                     vae_steps=args.vae_steps, unet_steps=args.unet_steps,
                     vae_batch=args.vae_batch, unet_batch=args.unet_batch,
-                    flip=not args.no_flip, seed=args.seed)
-    out = run(train_ldm(args.images, args.out, cfg, device=args.device,
-                        reuse_vae=not args.retrain_vae, recursive=args.recursive,
-                        exclude=args.exclude), callback=print_progress())
+                    flip=not args.no_flip, seed=args.seed,
+                    checkpoint_every=args.checkpoint_every)
+    with StopOnCtrlC("the LDM training") as stop:
+        out = run(train_ldm(args.images, args.out, cfg, device=args.device, should_stop=stop,
+                            reuse_vae=not args.retrain_vae, resume=not args.no_resume,
+                            recursive=args.recursive, exclude=args.exclude),
+                  callback=print_progress())
+    if stop.requested:
+        print(f"stopped: the state is saved in {out}; run the same command again to continue",
+              file=sys.stderr)
+        return 130
     print(out)
     return 0
 

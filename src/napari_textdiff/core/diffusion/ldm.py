@@ -13,6 +13,9 @@ Output directory (read by :func:`napari_textdiff.core.diffusion.synthesize.synth
     LDM/scheduler/  DDPMScheduler.save_pretrained
     LDM/train_index.safetensors  thumbnails of the training images (near-copy check)
     LDM/ldm.json    image size, channels, names, copy threshold, losses
+    LDM/training_log.csv, .json   loss per logged step of both stages (the learning curves)
+    LDM/ldm_state.pt  weights, optimisers, EMA and step of the run (exact resume; not needed
+                      for sampling, so a bundled copy may leave it out)
 
 Small training sets memorise: every sample is later compared with its nearest training image.
 """
@@ -97,12 +100,15 @@ def build_train_index(images, thumb_size: int, flip: bool, copy_ratio: float):
 
 def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
               should_stop: Callable[[], bool] | None = None, reuse_vae: bool = True,
-              recursive: bool = False, exclude=(), **overrides
+              resume: bool = True, recursive: bool = False, exclude=(), **overrides
               ) -> Generator[Progress, None, Path]:
     """Train the autoencoder, then the latent DDPM; yields :class:`Progress`, returns ``out_dir``.
 
-    With ``reuse_vae`` and a finished ``OUT/vae`` from an earlier run on the same images, size
-    and channels, the autoencoder stage is skipped (retrain only the latent UNet).
+    With ``resume`` and an ``OUT/ldm_state.pt`` of an earlier run with the same settings and
+    images, training continues exactly where it stopped (more steps may be asked for than
+    before; the autoencoder is frozen once the latent UNet has started, since the latents
+    depend on it). Without a state, ``reuse_vae`` and a finished ``OUT/vae`` from an earlier
+    run on the same images, size and channels skip the autoencoder (retrain the UNet only).
     """
     import torch
     import torch.nn.functional as F
@@ -114,11 +120,13 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
     from ..device import resolve_device
 
     from .crops import load_image_set, resize_images
+    from .ldm_state import load_state, save_state, step_seed, write_log
 
     cfg = dataclasses.replace(config or LDMConfig(), **overrides)
     vae_preset, unet_preset, default_size = ldm_preset(cfg.preset)
     size = cfg.size or default_size
     cfg = dataclasses.replace(cfg, size=size)
+    cfgd = dataclasses.asdict(cfg)
     dev = resolve_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +141,12 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
     yield Progress("load", 0, None, message="loading images")
     tensors, names = load_image_set(images, channels=cfg.channels, max_side=cfg.max_side,
                                     recursive=recursive, exclude=exclude)
+    state = load_state(out, cfgd, names) if resume else None
+    vs = (state or {}).get("vae") or {}
+    us = (state or {}).get("unet") or {}
+    log: list[dict] = list((state or {}).get("log", []))
+    elapsed0 = float((state or {}).get("elapsed_s", 0.0))
+    elapsed = lambda: elapsed0 + time.monotonic() - t0  # noqa: E731
     data = resize_images(tensors, size).to(dev)
     del tensors
     n = data.shape[0]
@@ -140,17 +154,28 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
     # uint8 thumbnails: 4x smaller than float32, error <= 1/510, far below copy distances
     q = (thumbs.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
     save_file({"thumbnails": q}, str(out / "train_index.safetensors"))
-    meta = {"kind": "napari-textdiff latent diffusion", "config": dataclasses.asdict(cfg),
+    meta = {"kind": "napari-textdiff latent diffusion", "config": cfgd,
             "channels": cfg.channels, "size": size, "image_names": names, "n_images": n,
             **index_meta, "vae_steps_done": 0, "unet_steps_done": 0, "scaling_factor": None,
             "vae_loss": None, "unet_loss": None, "vae_mse": None,
             "vae_done": False}
+    for k in ("vae_loss", "vae_mse", "unet_loss"):
+        meta[k] = (state or {}).get("meta", {}).get(k)
 
     def write_meta():
         atomic_write_bytes(out / LDM_META, json.dumps(meta, indent=2).encode())
 
+    def snapshot(vae_part: dict, unet_part: dict | None = None) -> None:
+        """Everything needed to continue: state, log, ldm.json (weights are saved by callers)."""
+        meta["elapsed_s"] = round(elapsed(), 1)
+        save_state(out, {"config": cfgd, "image_names": names, "vae": vae_part,
+                         "unet": unet_part, "log": log, "elapsed_s": meta["elapsed_s"],
+                         "meta": {k: meta[k] for k in ("vae_loss", "vae_mse", "unet_loss")}})
+        write_log(out, log)
+        write_meta()
+
     write_meta()
-    g = torch.Generator(device=dev).manual_seed(cfg.seed)
+    g = torch.Generator(device=dev)
 
     def batch(bs):
         idx = torch.randint(0, n, (bs,), device=dev, generator=g)
@@ -165,21 +190,48 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
     # --- stage A: autoencoder ------------------------------------------------------------------
     vae_dir = out / "vae"
     torch.manual_seed(cfg.seed)
-    if (reuse_vae and prev.get("vae_done") and prev.get("size") == size
+    if us:                                   # the UNet had started: the autoencoder is final
+        vae = AutoencoderKL.from_pretrained(vae_dir).to(dev)
+        meta.update(vae_done=True, vae_steps_done=vs.get("step"))
+        yield Progress("vae", vs.get("step"), vs.get("step"),
+                       message=f"resuming the latent UNet at step {us['step']}")
+    elif (not vs and reuse_vae and prev.get("vae_done") and prev.get("size") == size
             and prev.get("channels") == cfg.channels and prev.get("image_names") == names
             and (vae_dir / "config.json").is_file()):
         vae = AutoencoderKL.from_pretrained(vae_dir).to(dev)
+        vs = {"step": prev.get("vae_steps_done")}
         meta.update(vae_done=True, vae_steps_done=prev.get("vae_steps_done"),
                     vae_loss=prev.get("vae_loss"), vae_mse=prev.get("vae_mse"))
         yield Progress("vae", cfg.vae_steps, cfg.vae_steps, message=f"reusing {vae_dir}")
     else:
-        vae = AutoencoderKL(**vae_config(vae_preset, cfg.channels, size)).to(dev)
+        vae = AutoencoderKL(**vae_config(vae_preset, cfg.channels, size))
+        if vs:
+            vae.load_state_dict(vs["model"])
+        vae.to(dev)
         opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
         amp = Amp(dev, what="LDM autoencoder training")
+        step = int(vs.get("step", 0))
+        if vs:
+            opt.load_state_dict(vs["optimizer"])
+            if amp.scaler is not None and vs.get("scaler"):
+                amp.scaler.load_state_dict(vs["scaler"])
+            yield Progress("vae", step, cfg.vae_steps, message=f"resuming the autoencoder at "
+                           f"step {step}")
         vae.train()
-        step, loss_acc, mse_acc, k = 0, 0.0, 0.0, 0   # device tensors once summed: no sync
+
+        def save_vae():
+            save_pretrained_atomic(vae, vae_dir)
+            meta["vae_steps_done"] = step
+            snapshot({"step": step, "model": {k: v.detach().cpu()
+                                              for k, v in vae.state_dict().items()},
+                      "optimizer": opt.state_dict(),
+                      "scaler": amp.scaler.state_dict() if amp.scaler is not None else None})
+
+        loss_acc, mse_acc, k = 0.0, 0.0, 0   # device tensors once summed: no sync
+        last_saved = step
         try:
             while step < cfg.vae_steps and not stopped():
+                g.manual_seed(step_seed(cfg.seed, "vae", step))
                 x = batch(cfg.vae_batch)
                 with amp.autocast():
                     post = vae.encode(x).latent_dist
@@ -193,24 +245,26 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
                 loss_acc += loss.detach()
                 mse_acc += mse.detach()
                 k += 1
-                if step % cfg.checkpoint_every == 0:
-                    save_pretrained_atomic(vae, vae_dir)
                 if step % cfg.log_every == 0 or step == cfg.vae_steps:
                     meta.update(vae_loss=float(loss_acc) / k, vae_mse=float(mse_acc) / k,
                                 vae_steps_done=step)
+                    log.append({"stage": "vae", "step": step, "loss": meta["vae_loss"],
+                                "mse": meta["vae_mse"], "elapsed_s": round(elapsed(), 2)})
                     loss_acc, mse_acc, k = 0.0, 0.0, 0
+                if step % cfg.checkpoint_every == 0:
+                    save_vae()
+                    last_saved = step
+                if step % cfg.log_every == 0 or step == cfg.vae_steps:
                     yield Progress("vae", step, cfg.vae_steps, loss=meta["vae_loss"],
-                                   metrics={"mse": meta["vae_mse"]},
-                                   elapsed=time.monotonic() - t0)
+                                   metrics={"mse": meta["vae_mse"]}, elapsed=elapsed())
         except GeneratorExit:
-            save_pretrained_atomic(vae, vae_dir)
-            meta["vae_steps_done"] = step
-            write_meta()
+            if step != last_saved:
+                save_vae()
             raise
         meta.update(vae_steps_done=step, vae_done=step >= cfg.vae_steps)
-        save_pretrained_atomic(vae, vae_dir)
-        write_meta()
-        if stopped():
+        save_vae()
+        vs = {"step": step}
+        if stopped() or step < cfg.vae_steps:
             return out
 
     # --- latents and scaling factor ------------------------------------------------------------
@@ -224,8 +278,9 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
                 means.append(post.mean.float())
                 stds.append(post.std.float())
     means, stds = torch.cat(means), torch.cat(stds)
+    g.manual_seed(step_seed(cfg.seed, "latents", 0))
     sample = means + stds * torch.randn(means.shape, generator=g, device=dev)
-    sf = float(1.0 / sample.std().clamp_min(1e-6))
+    sf = float(us["scaling_factor"]) if us else float(1.0 / sample.std().clamp_min(1e-6))
     vae.register_to_config(scaling_factor=sf)
     save_pretrained_atomic(vae, vae_dir)
     meta["scaling_factor"] = sf
@@ -237,15 +292,26 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
     # --- stage B: latent DDPM ------------------------------------------------------------------
     lc, ls = means.shape[1], means.shape[2]
     torch.manual_seed(cfg.seed)
-    unet = UNet2DModel(**unet_config(unet_preset, lc, ls)).to(dev)
+    unet = UNet2DModel(**unet_config(unet_preset, lc, ls))
+    if us:
+        unet.load_state_dict(us["model"])
+    unet.to(dev)
     sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps,
                           beta_schedule="scaled_linear", beta_start=cfg.beta_start,
                           beta_end=cfg.beta_end, clip_sample=False, prediction_type="epsilon")
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr)
     amp = Amp(dev, what="LDM latent UNet training")
+    step = int(us.get("step", 0))
+    if us:
+        ema.load_state_dict(us["ema"])
+        ema.to(dev)
+        opt.load_state_dict(us["optimizer"])
+        if amp.scaler is not None and us.get("scaler"):
+            amp.scaler.load_state_dict(us["scaler"])
     alphas = sched.alphas_cumprod.to(dev)
     sched.save_pretrained(out / "scheduler")
+    meta["unet_steps_done"] = step
 
     def save_unet():
         ema.store(unet.parameters())
@@ -254,14 +320,22 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
             save_pretrained_atomic(unet, out / "unet")
         finally:
             ema.restore(unet.parameters())
-        write_meta()
+        snapshot({"step": vs.get("step")},
+                 {"step": step, "scaling_factor": sf,
+                  "model": {k: v.detach().cpu() for k, v in unet.state_dict().items()},
+                  "ema": {**ema.state_dict(),
+                          "shadow_params": [p.detach().cpu() for p in ema.shadow_params]},
+                  "optimizer": opt.state_dict(),
+                  "scaler": amp.scaler.state_dict() if amp.scaler is not None else None})
 
     m = means.shape[0]
-    step, loss_acc, k = 0, 0.0, 0
+    loss_acc, k = 0.0, 0
     save_unet()
+    last_saved = step
     unet.train()
     try:
         while step < cfg.unet_steps and not stopped():
+            g.manual_seed(step_seed(cfg.seed, "unet", step))
             idx = torch.randint(0, m, (cfg.unet_batch,), device=dev, generator=g)
             z0 = (means[idx] + stds[idx] * torch.randn((len(idx), lc, ls, ls), generator=g,
                                                        device=dev)) * sf
@@ -279,16 +353,20 @@ def train_ldm(images, out_dir, config: LDMConfig | None = None, device="auto",
             meta["unet_steps_done"] = step
             if step % cfg.log_every == 0 or step == cfg.unet_steps:
                 meta["unet_loss"] = float(loss_acc) / k
+                log.append({"stage": "unet", "step": step, "loss": meta["unet_loss"],
+                            "elapsed_s": round(elapsed(), 2)})
                 loss_acc, k = 0.0, 0
-                if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
-                    save_unet()
-                yield Progress("unet", step, cfg.unet_steps, loss=meta["unet_loss"],
-                               elapsed=time.monotonic() - t0)
-            elif step % cfg.checkpoint_every == 0:
+            if step % cfg.checkpoint_every == 0:
                 save_unet()
+                last_saved = step
+            if step % cfg.log_every == 0 or step == cfg.unet_steps:
+                yield Progress("unet", step, cfg.unet_steps, loss=meta["unet_loss"],
+                               elapsed=elapsed())
     except GeneratorExit:
-        save_unet()
+        if step != last_saved:
+            save_unet()
         raise
-    save_unet()
+    if step != last_saved:
+        save_unet()
     yield Progress("done", step, cfg.unet_steps, message=f"saved {out}")
     return out
