@@ -37,10 +37,11 @@ _WARM_STARTED = threading.Lock()
 def _warm_up() -> None:
     """Import the heavy libraries once, in a background thread, when the first panel opens.
 
-    Importing torch holds Python's GIL for seconds: done at the first Segment it froze the
-    GUI thread then. Jobs call :func:`wait_warm` in their worker thread first, so no job
-    imports concurrently with the warm-up. Only plain modules are warmed: diffusers' and
-    transformers' lazy modules are not safe to import from two threads at once.
+    Importing torch, diffusers and transformers holds Python's GIL in long stretches (shared
+    libraries, module bodies): done at the first Segment it froze the GUI thread then (up to
+    0.7 s). Jobs call :func:`wait_warm` in their worker thread first, so no job imports
+    concurrently with the warm-up: diffusers' and transformers' lazy modules are not safe to
+    import from two threads at once, and here only this thread imports them.
     """
     try:
         import torch  # noqa: F401
@@ -48,6 +49,9 @@ def _warm_up() -> None:
         import scipy.ndimage  # noqa: F401
         import skimage.segmentation  # noqa: F401
         import skimage.transform  # noqa: F401
+        # what the first Segment loads: the backbone, the schedulers, the text encoder
+        from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel  # noqa: F401
+        from transformers import AutoModel, AutoTokenizer  # noqa: F401
     except Exception:  # noqa: BLE001 - a job will import again and report the real error
         pass
     finally:
