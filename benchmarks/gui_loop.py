@@ -30,6 +30,37 @@ import time
 from pathlib import Path
 
 
+class GapTimer:
+    """A 50 ms QTimer recording its tick gaps: a gap of G ms = the GUI could not react for
+    about G - 50 ms. ``last`` is shared with :class:`StallTracer`."""
+
+    def __init__(self, period_ms: int = 50):
+        from qtpy.QtCore import QTimer
+
+        self.gaps: list[float] = []
+        self.last = [time.perf_counter()]
+        self._timer = QTimer()
+        self._timer.timeout.connect(self._tick)
+        self._timer.start(period_ms)
+
+    def _tick(self):
+        now = time.perf_counter()
+        self.gaps.append((now - self.last[0]) * 1000)
+        self.last[0] = now
+
+    def restart(self):
+        self.gaps.clear()
+        self.last[0] = time.perf_counter()
+
+    def stop(self):
+        self._timer.stop()
+
+    def summary(self) -> dict:
+        worst = max(self.gaps or [0.0])
+        return {"max_gap_ms": round(worst, 1), "stall_ms": round(max(0.0, worst - 50), 1),
+                "gaps_over_150ms": sum(g > 150 for g in self.gaps), "ticks": len(self.gaps)}
+
+
 class StallTracer:
     """Watchdog thread: while the GUI timer is > 75 ms late, sample every thread's stack."""
 
@@ -112,7 +143,6 @@ def main(argv=None) -> int:
 
     import napari
     import numpy as np
-    from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
     from napari_textdiff.widgets import _session
@@ -129,42 +159,20 @@ def main(argv=None) -> int:
     image = viewer.layers["histology_sample"]
     warm: dict | None = None
     if a.wait_warm_up:          # the panels' background imports, timed like a job
-        t0, gaps_w, last_w = time.perf_counter(), [], [time.perf_counter()]
-
-        def tick_w():
-            now = time.perf_counter()
-            gaps_w.append((now - last_w[0]) * 1000)
-            last_w[0] = now
-
-        timer_w = QTimer()
-        timer_w.timeout.connect(tick_w)
-        timer_w.start(50)
+        t0, timer_w = time.perf_counter(), GapTimer()
         while not _session._WARM.is_set():
             app.processEvents()
             time.sleep(0.005)
         timer_w.stop()
-        warm = {"seconds": round(time.perf_counter() - t0, 2),
-                "stall_ms": round(max(0.0, max(gaps_w or [0.0]) - 50), 1),
-                "gaps_over_150ms": sum(g > 150 for g in gaps_w)}
+        warm = {"seconds": round(time.perf_counter() - t0, 2), **timer_w.summary()}
     gt = viewer.layers["histology_sample ground truth"]
-    gaps: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick():
-        now = time.perf_counter()
-        gaps.append((now - last[0]) * 1000)
-        last[0] = now
-
-    timer = QTimer()
-    timer.timeout.connect(tick)
-    timer.start(50)
-    tracer = StallTracer(last) if a.trace_stalls else None
+    timer = GapTimer()
+    tracer = StallTracer(timer.last) if a.trace_stalls else None
 
     def run_job(widget, start) -> dict:
         for _ in range(5):
             app.processEvents()
-        gaps.clear()
-        last[0] = time.perf_counter()
+        timer.restart()
         if tracer is not None:
             tracer.reset()
         t0 = time.perf_counter()
@@ -176,10 +184,8 @@ def main(argv=None) -> int:
         for _ in range(3):
             app.processEvents()
         err = widget.last_error
-        out = {"seconds": round(secs, 2), "max_gap_ms": round(max(gaps or [0.0]), 1),
-               "stall_ms": round(max(0.0, max(gaps or [0.0]) - 50), 1),
-               "gaps_over_150ms": sum(g > 150 for g in gaps),
-               "ticks": len(gaps), "error": None if err is None else str(err)}
+        out = {"seconds": round(secs, 2), **timer.summary(),
+               "error": None if err is None else str(err)}
         if tracer is not None:
             out["stall_frames"] = tracer.report()
         return out
@@ -235,30 +241,20 @@ def napari_floor(out_path: str, repeats: int = 3) -> int:
 
     rng = np.random.default_rng(0)             # nucleus-sized blobs, one label each (instances)
     mask = ndi.label(ndi.gaussian_filter(rng.random(shape), 4) > 0.52)[0].astype(np.int32)
-    gaps: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick():
-        now = time.perf_counter()
-        gaps.append((now - last[0]) * 1000)
-        last[0] = now
-
-    timer = QTimer()
-    timer.timeout.connect(tick)
-    timer.start(50)
+    timer = GapTimer()
 
     def timed(op) -> float:
         t_end = time.perf_counter() + 0.5
         while time.perf_counter() < t_end:          # settle, then measure only the operation
             app.processEvents()
             time.sleep(0.005)
-        gaps.clear()
+        timer.restart()
         QTimer.singleShot(0, op)
         t_end = time.perf_counter() + 1.5
         while time.perf_counter() < t_end:
             app.processEvents()
             time.sleep(0.005)
-        return round(max(gaps or [0.0]) - 50, 1)
+        return timer.summary()["stall_ms"]
 
     res: dict = {"load_average_start": os.getloadavg()[0], "shape": list(shape),
                  "labels": int(mask.max()), "stall_ms": {}}
