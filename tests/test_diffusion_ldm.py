@@ -235,3 +235,44 @@ def test_second_ctrl_c_aborts():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_memorisation_report_compares_samples_with_held_out_images(tmp_path):
+    """benchmarks/ldm_report.py: a held-out image that is a training image has distance ~0;
+    the report gives both sets' statistics and writes the sample grid."""
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location(
+        "ldm_report", Path(__file__).parents[1] / "benchmarks" / "ldm_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    imgs = _images(1, n=6)
+    ldm = run(train_ldm(imgs[:4], tmp_path / "ldm", channels=1, **FAST))
+    held = []
+    for i, a in enumerate([imgs[0], imgs[4], imgs[5]]):     # a training image, two unseen
+        f = tmp_path / f"held{i}.png"
+        Image.fromarray((a[..., 0] * 255).round().astype(np.uint8)).save(f)
+        held.append(str(f))
+    lst = tmp_path / "held.txt"
+    lst.write_text("\n".join(held) + "\n")
+    res = mod.report(str(ldm), mod._paths([f"@{lst}"]), str(tmp_path / "rep"), n=3, steps=2)
+    assert res["samples"]["n"] == 3 and res["held_out_real"]["n"] == 3
+    assert res["held_out_real"]["min"] < 0.01                     # the copy is found
+    assert res["held_out_real"]["under_threshold"] >= 1
+    assert res["samples"]["median"] > 0 and res["median_ratio_samples_to_reference"] > 0
+    saved = json.loads((tmp_path / "rep" / "ldm_report.json").read_text())
+    assert saved["near_copy_threshold"] == res["near_copy_threshold"]
+    grid = Image.open(tmp_path / "rep" / "ldm_grid.png")
+    assert grid.size[0] > 200 and grid.size[1] > 300
+    # a "held-out" file that is one of the LDM's training images (by name) is refused
+    train_copy = tmp_path / "image0.png"
+    Image.fromarray((imgs[0][..., 0] * 255).astype(np.uint8)).save(train_copy)
+    with pytest.raises(ValueError, match="training images of"):
+        mod.report(str(ldm), [str(train_copy)], str(tmp_path / "rep2"), n=1, steps=2)
+    # without held-out images: compared with the training set's own distances
+    res = mod.report(str(ldm), [], str(tmp_path / "rep3"), n=2, steps=2)
+    assert res["held_out_real"] is None and res["median_ratio_samples_to_reference"] > 0
