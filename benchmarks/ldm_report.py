@@ -49,6 +49,32 @@ def split(busi: str, out: str, val_fraction: float = 0.2, seed: int = 0) -> dict
     return {k: len(v) for k, v in files.items()}
 
 
+def pack(busi: str, out: str, size: int = 128, channels: int = 1, seed: int = 0) -> dict:
+    """The split's images resized as ``train_ldm`` resizes them, as PNGs under their own names
+    in ``OUT/train`` and ``OUT/held_out``: a few MB that can travel to a GPU machine."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from napari_textdiff.core.diffusion.crops import resize_images
+    from napari_textdiff.core.io import load_image
+
+    lists = Path(out) / "lists"
+    counts = split(busi, str(lists), seed=seed)
+    for part in ("train", "held_out"):
+        d = Path(out) / part
+        d.mkdir(parents=True, exist_ok=True)
+        for f in (lists / f"{part}.txt").read_text().split("\n"):
+            if not f:
+                continue
+            a = np.asarray(load_image(f, channels=channels), dtype=np.float32)
+            t = torch.from_numpy(a.reshape(a.shape[0], a.shape[1], -1)).permute(2, 0, 1)
+            r = resize_images([t], size)[0].permute(1, 2, 0).numpy()
+            u8 = (r * 255 + 0.5).astype(np.uint8)
+            Image.fromarray(u8[..., 0] if channels == 1 else u8).save(d / (Path(f).stem + ".png"))
+    return counts
+
+
 def _stats(d) -> dict:
     import numpy as np
 
@@ -156,6 +182,11 @@ def main(argv=None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("--val-fraction", type=float, default=0.2)
     s.add_argument("--seed", type=int, default=0)
+    k = sub.add_parser("pack", help="the split's images at the LDM's size, to carry to a GPU")
+    k.add_argument("--busi", required=True)
+    k.add_argument("--out", required=True)
+    k.add_argument("--size", type=int, default=128)
+    k.add_argument("--channels", type=int, default=1)
     r = sub.add_parser("report", help="memorisation statistics and the sample grid")
     r.add_argument("ldm_dir")
     r.add_argument("--held-out", nargs="+", default=[],
@@ -170,6 +201,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.cmd == "split":
         print(json.dumps(split(a.busi, a.out, a.val_fraction, a.seed)))
+    elif a.cmd == "pack":
+        print(json.dumps(pack(a.busi, a.out, a.size, a.channels)))
     else:
         print(json.dumps(report(a.ldm_dir, _paths(a.held_out), a.out, a.n, a.steps, a.seed,
                                 a.device), indent=1))

@@ -133,6 +133,28 @@ if ! "$PY" scripts/gpu_check.py preflight --device "$DEV"; then
 fi
 CLI=("$PY" -m napari_textdiff.cli)
 TS=$(date +%s)   # budget starts after the set-up
+
+# --- `gpu_check.sh ldm`: the ultrasound LDM at GPU budgets (issue 17) instead of the check -----
+# HERE first: `bash scripts/gpu_check.sh prepare` and `python benchmarks/ldm_report.py pack --busi
+# ../shared/data/busi --out runs/ldm_data` (the MGCC default's 437 training / 109 held-out cases
+# at 128², ~6 MB). Then one call, carrying .whl and runs/ldm_data (the command on one line):
+#   run(command="bash scripts/gpu_check.sh ldm 2>&1 | tee $OUT/ldm.log; cp -r runs/ldm_gpu
+#       $OUT/", carry=[".whl", "runs/ldm_data"], timeout_s=600)
+# Training stops with SIGINT after GPU_LDM_SECONDS (the trainer saves its state at a step
+# boundary: `train-ldm` continues it later), then the memorisation report and sample grid.
+if [ "${1:-}" = ldm ]; then
+  L=${GPU_LDM_OUT:-runs/ldm_gpu}; DATA=${GPU_LDM_DATA:-runs/ldm_data}
+  [ -d "$DATA/train" ] || { log "no $DATA/train: run benchmarks/ldm_report.py pack first"; exit 2; }
+  log "train-ldm on $DATA/train for at most ${GPU_LDM_SECONDS:-390}s"
+  timeout -s INT --kill-after=60 "${GPU_LDM_SECONDS:-390}" "${CLI[@]}" train-ldm "$DATA/train" \
+    --channels 1 --preset "${GPU_LDM_PRESET:-small}" --vae-steps "${VAE_STEPS:-3000}" \
+    --unet-steps "${LDM_STEPS:-10000}" --checkpoint-every "${GPU_LDM_CHECKPOINT:-500}" \
+    --device "$DEV" --out "$L"
+  log "train-ldm exit $? (130: stopped by the time limit, state saved)"
+  "$PY" benchmarks/ldm_report.py report "$L" --held-out "$DATA"/held_out/*.png \
+    --n "${GPU_LDM_SAMPLES:-64}" --steps 50 --device "$DEV" --out "$L/report"
+  exit $?
+fi
 step() {  # step NAME SECONDS CMD...: run with a time limit, keep its JSON line in $WORK/NAME.json
   local name=$1 secs=$(( $2 * SLOW )); shift 2
   local left=$(( BUDGET - ($(date +%s) - TS) ))

@@ -276,3 +276,31 @@ def test_memorisation_report_compares_samples_with_held_out_images(tmp_path):
     # without held-out images: compared with the training set's own distances
     res = mod.report(str(ldm), [], str(tmp_path / "rep3"), n=2, steps=2)
     assert res["held_out_real"] is None and res["median_ratio_samples_to_reference"] > 0
+
+
+def test_pack_writes_the_mgcc_split_at_the_ldm_size(tmp_path):
+    """`ldm_report.py pack`: the MGCC default's train / held-out cases (same seed and fraction),
+    resized as train_ldm resizes them, under their own names (what travels to a GPU)."""
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    from test_mgcc_cli import _busi
+
+    spec = importlib.util.spec_from_file_location(
+        "ldm_report", Path(__file__).parents[1] / "benchmarks" / "ldm_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from napari_textdiff.cli.mgcc import split_for_mgcc
+    from napari_textdiff.core.datasets import discover
+
+    busi = _busi(tmp_path / "busi", n_benign=8, n_normal=2)
+    counts = mod.pack(str(busi), str(tmp_path / "packed"), size=16)
+    _, _, val = split_for_mgcc(discover(busi), 1.0, 0.2, 0)
+    held = sorted(p.name for p in (tmp_path / "packed" / "held_out").glob("*.png"))
+    assert held == sorted(s.image_path.name for s in val) and counts["held_out"] == len(val)
+    train = list((tmp_path / "packed" / "train").glob("*.png"))
+    assert len(train) == counts["train"] == 10 - len(val)
+    assert not any("_mask" in p.name for p in train)
+    assert np.asarray(Image.open(train[0])).shape == (16, 16)
