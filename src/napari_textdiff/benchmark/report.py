@@ -336,7 +336,9 @@ def write_outputs(res: dict, out_dir) -> dict[str, str]:
         if lc:
             files["plot_learning_curves"] = str(lc)
     md = out / f"{b}.md"
-    md.write_text(markdown(res))
+    from ..core.bundle import atomic_write_bytes
+
+    atomic_write_bytes(md, markdown(res).encode("utf-8"))
     files["markdown"] = str(md)
     files["json"] = str(out / f"{b}.json")
     res = {**res, "files": files}

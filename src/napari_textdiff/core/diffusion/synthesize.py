@@ -169,9 +169,14 @@ def synthesize(ldm_dir, n: int, steps: int = 50, eta: float = 0.0, seed: int = 0
 
 
 def write_samples(results: list[dict], out_dir, prefix: str = "sample") -> Path:
-    """Write PNGs plus ``samples.csv`` / ``samples.json`` (distance, nearest, near_copy)."""
+    """Write PNGs plus ``samples.csv`` / ``samples.json`` (distance, nearest, near_copy), each
+    atomically: an interrupted write never leaves a cut image or table in a training pool."""
+    import io
+
     import numpy as np
     from PIL import Image
+
+    from ..bundle import atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -180,15 +185,18 @@ def write_samples(results: list[dict], out_dir, prefix: str = "sample") -> Path:
         a = (np.clip(r["image"], 0, 1) * 255 + 0.5).astype(np.uint8)
         a = a[..., 0] if a.shape[2] == 1 else a
         name = f"{prefix}_{r['index']:05d}.png"
-        Image.fromarray(a).save(out / name)
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        atomic_write_bytes(out / name, buf.getvalue())
         rows.append({"file": name, "seed": r["seed"], "index": r["index"],
                      "distance": round(r["distance"], 6),
                      "nearest_training_image": r["nearest"], "near_copy": r["near_copy"],
                      "threshold": round(r["threshold"], 6)})
     if rows:
-        with open(out / "samples.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    (out / "samples.json").write_text(json.dumps(rows, indent=2))
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_bytes(out / "samples.csv", buf.getvalue().encode())
+    atomic_write_bytes(out / "samples.json", json.dumps(rows, indent=2).encode())
     return out
