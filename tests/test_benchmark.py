@@ -462,3 +462,28 @@ def test_unit_log_keeps_run_records_of_finished_files_it_merges(tmp_path):
                   merge_from=[tmp_path / "a"], extra_keys=("synthetic",))
     assert log.extra == {"synthetic": {"source": "ldm", "n": 4}}
     assert log.get("m", 0)["metrics"] == {"iou": 0.3}
+
+
+def test_variants_feed_each_model_the_noise_steps_of_its_preset(tmp_path):
+    """The benchmark's shared feature extractors follow each config's ``steps``: the histology
+    recipe's single t = 50 is what its head sees (it used to get the default three steps,
+    with a head sized for them, while the config said one)."""
+    import torch
+
+    from textdiff_testkit import make_tiny_backbone
+
+    from napari_textdiff.benchmark.fewshot import TextDiffVariants
+
+    v = TextDiffVariants(str(make_tiny_backbone(tmp_path / "bb")), torch.device("cpu"),
+                         need_text=False, feature_cache_mb=64)
+    one = v.create("none", "light", steps=[50])
+    three = v.create("none", "light")
+    assert one.features.steps == [50] and three.features.steps == [50, 150, 250]
+    assert one.config.steps == [50]
+    x = np.random.default_rng(0).random((1, 32, 32, 3)).astype(np.float32)
+    f1, f3 = one.features(x), three.features(x)
+    assert [t.shape[1] * 3 for t in f1] == [t.shape[1] for t in f3]
+    assert v.create("none", "light", steps=[50]).features is one.features    # one memo per set
+    assert v.compute_seconds > 0
+    assert sorted(v.stats()["step_sets"]) == [[50], [50, 150, 250]]
+    v.close()

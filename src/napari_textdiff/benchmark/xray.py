@@ -128,18 +128,18 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
             train = [load(s) for s in subset]
             seed_everything(seed)
             t1 = time.monotonic()
-            feat0 = variants.memo.compute_seconds
+            feat0 = variants.compute_seconds
             bs = max(1, TextDiffConfig.preset(cfg.head_preset).batch_size)
             epochs = max(cfg.epochs, math.ceil(cfg.min_head_steps / math.ceil(len(train) / bs)))
             model = variants.create(XRAY_METHODS[method], cfg.head_preset, epochs=epochs,
                                     seed=seed, resize_to=cfg.size)
             hist = yield from model.fit(train, None, should_stop=should_stop)
             train_seconds = time.monotonic() - t1
-            feat1 = variants.memo.compute_seconds
+            feat1 = variants.compute_seconds
             per = yield from iter_evaluate(
                 test, (model.predict_proba(ex.image, ex.text) for ex in test))
             fresh = {"train": round(feat1 - feat0, 3),     # the memo is shared by units
-                     "predict": round(variants.memo.compute_seconds - feat1, 3)}
+                     "predict": round(variants.compute_seconds - feat1, 3)}
             metrics = mean_metrics([{k2: v for k2, v in r.items() if k2 != "name"} for r in per])
             log.add({"method": method, "k": k, "k_label": str(k_label), "seed": seed,
                          "train_images": [e.name for e in train], "metrics": metrics,
@@ -151,7 +151,7 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
             if should_stop is not None and should_stop():
                 break
     finally:
-        memo = variants.memo.stats()
+        memo = variants.stats()
         variants.close()
     planned = [(m, k, s) for k, _, s, m in units]
     rows = log.rows(planned)
