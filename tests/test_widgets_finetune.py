@@ -98,6 +98,7 @@ def test_stop_ends_finetune_early_with_a_usable_model(viewer, tiny_mgcc_path):
     assert ft.last_error is None
     n = len(ft.plot.series["loss"])
     assert 2 <= n < 200
+    assert "correct at least two" in ft.status.text()     # one image: the panel advises
     assert "stopped early" in ft.status.text()
     prob = ft.session.model.predict_proba(img[..., None].astype(np.float32) / 255)
     assert prob.shape == img.shape and np.isfinite(prob).all()
@@ -158,4 +159,5 @@ def test_an_erased_mask_is_left_out_and_the_panel_says_so(viewer, qtbot, tiny_mg
     qtbot.waitUntil(lambda: not ft.running, timeout=60000)
     assert ft.last_error is None, ft.last_error
     assert "left out 1" in ft.status.text() and "im1" in ft.status.text()
+    assert "correct at least two" not in ft.status.text()   # two images ticked
     assert len(ft.plot.series["loss"]) == 2                # 2 epochs x 1 kept image
