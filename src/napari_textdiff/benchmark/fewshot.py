@@ -112,23 +112,28 @@ class TextDiffVariants:
         self._backbone = load_backbone(backbone_dir)
         self._cache_mb = feature_cache_mb
         self._memos: dict[tuple, FeatureMemo] = {}
+        self._raw: dict[tuple, object] = {}          # the unmemoised extractors (speed timing)
         self.device = device
         self.memo = self._memo_for(base.steps, base.noise_seed)     # the default steps
-        self.features = self.memo._f
+        self.features = self._raw[self._key(base.steps, base.noise_seed)]
         self.text_ref = text_encoder or DEFAULT_TEXT_ENCODER
         self.encoder = TextEncoder(self.text_ref, max_length=max_length, device=device) \
             if need_text else None
         self.backbone_dir = backbone_dir
 
+    @staticmethod
+    def _key(steps, noise_seed) -> tuple:
+        return tuple(int(t) for t in steps), int(noise_seed)
+
     def _memo_for(self, steps, noise_seed) -> FeatureMemo:
         from ..core.textdiff.features import DiffusionFeatures
 
-        key = (tuple(int(t) for t in steps), int(noise_seed))
+        key = self._key(steps, noise_seed)
         if key not in self._memos:
             unet, sched = self._backbone
-            f = DiffusionFeatures(unet, sched, taps=None, steps=list(key[0]),
-                                  noise_seed=key[1], device=self.device)
-            self._memos[key] = FeatureMemo(f, ram_mb=self._cache_mb)
+            self._raw[key] = DiffusionFeatures(unet, sched, taps=None, steps=list(key[0]),
+                                               noise_seed=key[1], device=self.device)
+            self._memos[key] = FeatureMemo(self._raw[key], ram_mb=self._cache_mb)
         return self._memos[key]
 
     @property

@@ -25,12 +25,11 @@ from ._runner import JobWidget, start_segmentation
 
 __all__ = ["FinetuneWidget"]
 
-
-
 #: README "Does fine-tuning pay?": leave-one-organ-out on MoNuSeg, one corrected image lost up
 #: to 14 points on the organ's other images in one draw, two gained in every shifted draw
 ONE_IMAGE_ADVICE = ("with one corrected image a fine-tune often makes other images worse; "
                     "correct at least two before fine-tuning (Revert undoes this one)")
+
 
 class FinetuneWidget(JobWidget):
     def __init__(self, napari_viewer, parent=None):
