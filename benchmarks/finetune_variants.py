@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from napari_textdiff.benchmark.finetune import _dice, _fresh
+    from napari_textdiff.benchmark.finetune import _dice, _fresh, draw
     from napari_textdiff.core.bundle import atomic_write_bytes
     from napari_textdiff.core.calibration import tune_threshold
     from napari_textdiff.core.datasets import load_monuseg
@@ -51,10 +51,7 @@ def main(argv=None) -> int:
         pool = [s for s in samples if organ_of(s.name) == organ]
         memo: dict = {}
         for seed in (int(x) for x in a.seeds.split(",")):
-            order = np.random.default_rng(seed).permutation(len(pool))   # as benchmark finetune
-            k = 2
-            ft_all = [pool[i].load(channels=3) for i in order[:k]]
-            ev = [pool[i].load(channels=3) for i in order[k:k + 4]]
+            ft_all, ev = draw(pool, seed, 2, 4, channels=3)     # finetune_shift.py's draws
             before = float(np.mean(_dice(_fresh(base, "cpu", memo), ev)))
             for n in ns:
                 for v in a.variants.split(","):

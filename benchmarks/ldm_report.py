@@ -49,28 +49,29 @@ def split(busi: str, out: str, val_fraction: float = 0.2, seed: int = 0) -> dict
     return {k: len(v) for k, v in files.items()}
 
 
+def _as_trained(files: list[str], channels: int, size: int, max_side: int = 2048):
+    """(N, C, size, size) in [0, 1]: the images loaded and resized exactly as ``train_ldm``
+    loads and resizes its training set."""
+    from napari_textdiff.core.diffusion.crops import load_image_set, resize_images
+
+    tensors, _ = load_image_set(files, channels=channels, max_side=max_side)
+    return resize_images(tensors, size)
+
+
 def pack(busi: str, out: str, size: int = 128, channels: int = 1, seed: int = 0) -> dict:
     """The split's images resized as ``train_ldm`` resizes them, as PNGs under their own names
     in ``OUT/train`` and ``OUT/held_out``: a few MB that can travel to a GPU machine."""
     import numpy as np
-    import torch
     from PIL import Image
-
-    from napari_textdiff.core.diffusion.crops import resize_images
-    from napari_textdiff.core.io import load_image
 
     lists = Path(out) / "lists"
     counts = split(busi, str(lists), seed=seed)
     for part in ("train", "held_out"):
         d = Path(out) / part
         d.mkdir(parents=True, exist_ok=True)
-        for f in (lists / f"{part}.txt").read_text().split("\n"):
-            if not f:
-                continue
-            a = np.asarray(load_image(f, channels=channels), dtype=np.float32)
-            t = torch.from_numpy(a.reshape(a.shape[0], a.shape[1], -1)).permute(2, 0, 1)
-            r = resize_images([t], size)[0].permute(1, 2, 0).numpy()
-            u8 = (r * 255 + 0.5).astype(np.uint8)
+        files = [f for f in (lists / f"{part}.txt").read_text().split("\n") if f]
+        for f, r in zip(files, _as_trained(files, channels, size)):
+            u8 = (r.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
             Image.fromarray(u8[..., 0] if channels == 1 else u8).save(d / (Path(f).stem + ".png"))
     return counts
 
@@ -85,11 +86,9 @@ def _stats(d) -> dict:
 
 def report(ldm_dir: str, held_out: list[str], out: str, n: int = 32, steps: int = 50,
            seed: int = 0, device: str = "cpu", grid_columns: int = 8) -> dict:
-    import numpy as np
     import torch
 
     from napari_textdiff.core.diffusion.synthesize import TrainingIndex, synthesize
-    from napari_textdiff.core.io import load_image
     from napari_textdiff.core.progress import run
 
     meta = json.loads((Path(ldm_dir) / "ldm.json").read_text())
@@ -103,14 +102,8 @@ def report(ldm_dir: str, held_out: list[str], out: str, n: int = 32, steps: int 
                          "none (then samples are compared with the training images' own "
                          "nearest-neighbour distances)")
     samples = run(synthesize(ldm_dir, n, steps=steps, eta=0.0, seed=seed, device=device))
-    real = []
-    for f in held_out:
-        img = np.asarray(load_image(f, channels=channels), dtype=np.float32)
-        t = torch.from_numpy(img.reshape(img.shape[0], img.shape[1], -1)).permute(2, 0, 1)[None]
-        real.append(torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear",
-                                                    antialias=True, align_corners=False)[0])
-    if real:
-        real_t = torch.stack(real).clamp(0, 1)
+    if held_out:
+        real_t = _as_trained(held_out, channels, size, meta["config"].get("max_side", 2048))
         d_real = index.query(real_t)[0].numpy()
     else:                 # no unseen images: show training images (the comparison is LOO)
         g = torch.Generator().manual_seed(seed)

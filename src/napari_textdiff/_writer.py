@@ -11,8 +11,6 @@ QuPath detection per object in level-0 slide pixels (``_slides_io``).
 """
 from __future__ import annotations
 
-import csv
-import io as _io
 import json
 from pathlib import Path
 
@@ -65,7 +63,7 @@ def write_descriptions(path: str, layer_data: list[tuple]) -> list[str]:
 
     Labels layers are listed under their image (``source_image``) when they have one.
     """
-    from .core.bundle import atomic_write_bytes
+    from .core.bundle import atomic_write_bytes, atomic_write_csv
 
     p = Path(path)
     rows = []
@@ -76,12 +74,7 @@ def write_descriptions(path: str, layer_data: list[tuple]) -> list[str]:
                      "modality": meta.get("modality", "") or "",
                      "source_image": meta.get("source_image", "") or ""})
     if p.suffix.lower() == ".csv":
-        buf = _io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["name", "kind", "description", "modality",
-                                            "source_image"])
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_bytes(p, buf.getvalue().encode("utf-8"))
+        atomic_write_csv(p, rows, ["name", "kind", "description", "modality", "source_image"])
     else:
         if p.suffix.lower() != ".json":
             p = p.with_suffix(".json")

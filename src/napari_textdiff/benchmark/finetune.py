@@ -20,7 +20,7 @@ import numpy as np
 
 from ..core.progress import Progress
 
-__all__ = ["FinetuneBenchConfig", "run_finetune_benchmark", "pool_from"]
+__all__ = ["FinetuneBenchConfig", "run_finetune_benchmark", "pool_from", "draw"]
 
 
 @dataclasses.dataclass
@@ -46,6 +46,14 @@ def pool_from(model_path, data, split: str | None = None) -> list:
     if names:
         samples = [s for s in samples if s.name in names]
     return sorted(samples, key=lambda s: s.name)
+
+
+def draw(samples: Sequence, seed: int, k: int, n_eval: int, channels: int):
+    """Seed ``seed``'s draw: the ``k`` images that play the corrected ones (a run with n uses
+    the first n) and the ``n_eval`` others scored for every n, loaded."""
+    order = np.random.default_rng(seed).permutation(len(samples))
+    return ([samples[i].load(channels=channels) for i in order[:k]],
+            [samples[i].load(channels=channels) for i in order[k:k + n_eval]])
 
 
 def _mask(model, ex) -> np.ndarray:
@@ -90,10 +98,7 @@ def run_finetune_benchmark(model_path, samples: Sequence, out=None,
     rows, t_start = [], time.monotonic()
     total = len(cfg.seeds) * len(cfg.ns)
     for seed in cfg.seeds:
-        order = np.random.default_rng(seed).permutation(len(samples))
-        k = max(cfg.ns)
-        ft_all = [samples[i].load(channels=channels) for i in order[:k]]
-        ev = [samples[i].load(channels=channels) for i in order[k:k + cfg.n_eval]]
+        ft_all, ev = draw(samples, seed, max(cfg.ns), cfg.n_eval, channels)
         base = _fresh(model_path, cfg.device, memo)
         before = _dice(base, ev)
         for n in cfg.ns:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["BundleError", "save_bundle", "load_bundle", "read_bundle_header", "FORMAT_VERSION",
-           "state_fingerprint", "atomic_write", "atomic_write_bytes", "check_writable",
+           "state_fingerprint", "atomic_write", "atomic_write_bytes", "atomic_write_csv",
+           "check_writable",
            "WriteError", "check_bundle_complete"]
 
 FORMAT_VERSION = 1
@@ -154,6 +155,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(f.fileno())
 
     return atomic_write(path, write)
+
+
+def atomic_write_csv(path: str | os.PathLike, rows: list[dict], fieldnames: list[str],
+                     extrasaction: str = "raise") -> Path:
+    """Write ``rows`` as a CSV table (header ``fieldnames``, UTF-8) atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fieldnames, extrasaction=extrasaction)
+    w.writeheader()
+    w.writerows(rows)
+    return atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
 def save_bundle(path, kind: str, state_dict: dict, config: dict, meta: dict | None = None,

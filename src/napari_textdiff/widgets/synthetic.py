@@ -163,10 +163,7 @@ class SyntheticWidget(JobWidget):
         """Save the current samples as 8-bit PNGs into ``folder`` (default: the remembered one),
         with ``synthetic_<stamp>.csv`` listing each file's distance, nearest training image,
         near-copy flag, threshold and seeds."""
-        import csv
-        import io
-
-        from ..core.bundle import atomic_write_bytes
+        from ..core.bundle import atomic_write_csv
         from ..core.io import write_image
 
         if not self.samples:
@@ -185,11 +182,7 @@ class SyntheticWidget(JobWidget):
             rows.append({"file": p.name, "distance": s.distance, "nearest_training_image":
                          s.nearest, "near_copy": s.near_copy, "threshold": s.threshold,
                          "run_seed": s.seed, "index": s.index})
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_bytes(folder / f"synthetic_{stamp}.csv", buf.getvalue().encode("utf-8"))
+        atomic_write_csv(folder / f"synthetic_{stamp}.csv", rows, list(rows[0]))
         self.session.synthetic_pool = str(folder)
         defaults.save_settings(synthetic_pool=str(folder))
         self.pool_label.setText(self._pool_text())

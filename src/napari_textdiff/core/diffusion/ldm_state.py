@@ -8,34 +8,30 @@ from ``(seed, stage, k)``, so a resumed run reproduces the losses of an uninterr
 """
 from __future__ import annotations
 
-import csv
 import io
-import json
 from pathlib import Path
 
 from ..bundle import atomic_write_bytes
+from .pretrain import step_seed as _mixed_seed, write_training_log
 
-__all__ = ["STATE_NAME", "LOG_NAME", "ARCH_KEYS", "load_state", "save_state", "write_log",
+__all__ = ["STATE_NAME", "LOG_FIELDS", "ARCH_KEYS", "load_state", "save_state", "write_log",
            "step_seed"]
 
 STATE_NAME = "ldm_state.pt"
-LOG_NAME = "training_log"          # .csv and .json
+LOG_FIELDS = ("stage", "step", "loss", "mse", "elapsed_s")     # training_log.csv columns
 
 #: settings a resumed run must share with the run that wrote the state (the step counts may grow)
 ARCH_KEYS = ("preset", "channels", "size", "flip", "vae_batch", "unet_batch", "vae_lr",
              "unet_lr", "kl_weight", "ema_decay", "num_train_timesteps", "beta_start",
              "beta_end", "seed")
 
-_STAGE_SALT = {"vae": 0x5A17, "unet": 0x0E7A, "latents": 0x1A7E}
+_STAGE = {"vae": 1, "unet": 2, "latents": 3}
 
 
 def step_seed(seed: int, stage: str, step: int) -> int:
-    """An unrelated 63-bit seed per (run seed, stage, step): splitmix-style mixing."""
-    x = (seed * 0x9E3779B97F4A7C15 + _STAGE_SALT[stage] * 0x94D049BB133111EB
-         + step * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
-    x ^= x >> 31
-    x = (x * 0xD6E8FEB86659FD93) & ((1 << 64) - 1)
-    return x >> 1
+    """An unrelated seed per (run seed, stage, step): pretraining's mixing, the stage in its
+    rank slot."""
+    return _mixed_seed(seed, step, _STAGE[stage])
 
 
 def load_state(out: Path, config: dict, image_names: list[str]) -> dict | None:
@@ -74,11 +70,4 @@ def save_state(out: Path, state: dict) -> None:
 
 def write_log(out: Path, log: list[dict]) -> None:
     """The loss curve of both stages as ``training_log.json`` and ``.csv``."""
-    out = Path(out)
-    atomic_write_bytes(out / f"{LOG_NAME}.json", json.dumps(log, indent=0).encode())
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["stage", "step", "loss", "mse", "elapsed_s"],
-                       extrasaction="ignore")
-    w.writeheader()
-    w.writerows(log)
-    atomic_write_bytes(out / f"{LOG_NAME}.csv", buf.getvalue().encode())
+    write_training_log(Path(out), log, LOG_FIELDS)

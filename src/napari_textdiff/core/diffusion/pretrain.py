@@ -21,7 +21,6 @@ steps and when the consumer stops the generator; a crash leaves the last one int
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import json
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable, Generator
 
-from ..bundle import atomic_write_bytes
+from ..bundle import atomic_write_bytes, atomic_write_csv
 from ..progress import Progress
 
 from .backbone import load_backbone  # noqa: F401  (re-exported)
@@ -40,7 +39,7 @@ from .backbone import load_backbone  # noqa: F401  (re-exported)
 from .presets import BackbonePreset, backbone_preset, unet_config
 
 __all__ = ["PretrainConfig", "pretrain_backbone", "load_backbone", "CHECKPOINT_NAME",
-           "save_pretrained_atomic"]
+           "save_pretrained_atomic", "write_training_log", "step_seed"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -96,7 +95,7 @@ def save_pretrained_atomic(model, out_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
+def step_seed(seed: int, step: int, rank: int) -> int:
     # splitmix-style mixing so neighbouring steps/ranks get unrelated streams
     x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB)
     x &= (1 << 64) - 1
@@ -105,14 +104,11 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
     return x >> 1
 
 
-def _write_log(out: Path, log: list[dict]) -> None:
+def write_training_log(out: Path, log: list[dict],
+                       fields=("step", "loss", "lr", "images_per_s", "elapsed_s")) -> None:
+    """The loss curve as ``training_log.json`` and ``training_log.csv`` (``fields``), atomically."""
     atomic_write_bytes(out / "training_log.json", json.dumps(log, indent=0).encode())
-    buf = io.StringIO()
-    fields = ["step", "loss", "lr", "images_per_s", "elapsed_s"]
-    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(log)
-    atomic_write_bytes(out / "training_log.csv", buf.getvalue().encode())
+    atomic_write_csv(out / "training_log.csv", log, list(fields), extrasaction="ignore")
 
 
 def pretrain_backbone(images, out_dir, config: PretrainConfig | None = None, device="auto",
@@ -248,7 +244,7 @@ def pretrain_backbone(images, out_dir, config: PretrainConfig | None = None, dev
             os.replace(tmp / "scheduler_config.json", out / "scheduler_config.json")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        _write_log(out, log)
+        write_training_log(out, log)
         card = {"kind": "napari-textdiff diffusion backbone", "framework": "diffusers UNet2DModel",
                 "weights": "EMA", "step": step, "config": dataclasses.asdict(cfg),
                 "parameters": n_params, "images": len(sampler), "image_names": names[:1000],
@@ -272,7 +268,7 @@ def pretrain_backbone(images, out_dir, config: PretrainConfig | None = None, dev
         while step < cfg.steps:
             if should_stop is not None and should_stop():
                 break
-            g.manual_seed(_step_seed(cfg.seed, step, rank))
+            g.manual_seed(step_seed(cfg.seed, step, rank))
             x = sampler.sample(cfg.batch_size, g).mul_(2).sub_(1)
             noise = torch.randn(x.shape, generator=g, device=device)
             t = torch.randint(0, cfg.num_train_timesteps, (x.shape[0],), generator=g,

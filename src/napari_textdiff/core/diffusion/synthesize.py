@@ -12,7 +12,6 @@ repeat seed 0's samples 1…7).
 """
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -176,7 +175,7 @@ def write_samples(results: list[dict], out_dir, prefix: str = "sample") -> Path:
     import numpy as np
     from PIL import Image
 
-    from ..bundle import atomic_write_bytes
+    from ..bundle import atomic_write_bytes, atomic_write_csv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,10 +192,6 @@ def write_samples(results: list[dict], out_dir, prefix: str = "sample") -> Path:
                      "nearest_training_image": r["nearest"], "near_copy": r["near_copy"],
                      "threshold": round(r["threshold"], 6)})
     if rows:
-        buf = io.StringIO(newline="")
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_bytes(out / "samples.csv", buf.getvalue().encode())
+        atomic_write_csv(out / "samples.csv", rows, list(rows[0]))
     atomic_write_bytes(out / "samples.json", json.dumps(rows, indent=2).encode())
     return out
