@@ -144,6 +144,9 @@ TS=$(date +%s)   # budget starts after the set-up
 # boundary: `train-ldm` continues it later), then the memorisation report and sample grid.
 if [ "${1:-}" = ldm ]; then
   L=${GPU_LDM_OUT:-runs/ldm_gpu}; DATA=${GPU_LDM_DATA:-runs/ldm_data}
+  if [ ! -d "$DATA/train" ] && [ -d "${GPU_LDM_BUSI:-}" ]; then   # pack it here from a BUSI folder
+    "$PY" benchmarks/ldm_report.py pack --busi "$GPU_LDM_BUSI" --out "$DATA" | tail -n 2 || exit 2
+  fi
   [ -d "$DATA/train" ] || { log "no $DATA/train: run benchmarks/ldm_report.py pack first"; exit 2; }
   log "train-ldm on $DATA/train for at most ${GPU_LDM_SECONDS:-390}s"
   timeout -s INT --kill-after=60 "${GPU_LDM_SECONDS:-390}" "${CLI[@]}" train-ldm "$DATA/train" \
@@ -151,9 +154,38 @@ if [ "${1:-}" = ldm ]; then
     --unet-steps "${LDM_STEPS:-10000}" --checkpoint-every "${GPU_LDM_CHECKPOINT:-500}" \
     --device "$DEV" --out "$L"
   log "train-ldm exit $? (130: stopped by the time limit, state saved)"
-  "$PY" benchmarks/ldm_report.py report "$L" --held-out "$DATA"/held_out/*.png \
-    --n "${GPU_LDM_SAMPLES:-64}" --steps 50 --device "$DEV" --out "$L/report"
-  exit $?
+  timeout --kill-after=10 "${GPU_LDM_REPORT_SECONDS:-150}" "$PY" benchmarks/ldm_report.py report "$L" \
+    --held-out "$DATA"/held_out/*.png --n "${GPU_LDM_SAMPLES:-64}" --steps 50 --device "$DEV" \
+    --out "$L/report"
+  rc=$?
+  "$PY" scripts/export_ldm.py "$L" "$L/export"   # fp16, as bundled: what comes back
+  exit $rc
+fi
+# --- `gpu_check.sh mgcc`: ultrasound MGCC runs side by side at GPU budgets (issue 17) ----------
+# HERE first: `python scripts/pack_busi.py ../shared/data/busi runs/busi128 --size 128` (BUSI's
+# layout at 128², ~9 MB: the same seeded 437 / 109 split as the full-size folder). Each run in
+# GPU_MGCC_RUNS is wN (supervised main path, all labels, width N) or semiN (MGCC with aux
+# decoders and consistency, 50 % labels, width N); all stop with SIGINT after
+# GPU_MGCC_SECONDS (best.safetensors, chosen on the 109 validation cases, is kept).
+if [ "${1:-}" = mgcc ]; then
+  D=${GPU_MGCC_DATA:-runs/busi128}; O=${GPU_MGCC_OUT:-runs/mgcc_gpu}
+  [ -d "$D/benign" ] || { log "no $D/benign: run scripts/pack_busi.py first"; exit 2; }
+  mkdir -p "$O"
+  for run in ${GPU_MGCC_RUNS:-w0.125 w0.25 w0.5 semi0.25}; do
+    case $run in
+      w*) a=(--labeled-fraction 1.0 --main-only --width "${run#w}") ;;
+      semi*) a=(--labeled-fraction 0.5 --batch-unlabeled 8 --width "${run#semi}") ;;
+      *) log "unknown run $run"; continue ;;
+    esac
+    log "mgcc $run: ${a[*]} for at most ${GPU_MGCC_SECONDS:-400}s"
+    timeout -s INT --kill-after=60 "${GPU_MGCC_SECONDS:-400}" "${CLI[@]}" mgcc train "$D" "${a[@]}" \
+      --val-fraction 0.2 --size 128 --iterations "${GPU_MGCC_ITERS:-6000}" --lr 0.01 \
+      --batch-labeled 8 --val-every 200 --checkpoint-every 1000 --device "$DEV" --threads 2 \
+      --seed 0 --run-dir "$O/$run" --out "$O/$run/final.safetensors" > "$O/$run.log" 2>&1 &
+  done
+  wait
+  log "mgcc runs done"; tail -n 2 "$O"/*.log
+  exit 0
 fi
 step() {  # step NAME SECONDS CMD...: run with a time limit, keep its JSON line in $WORK/NAME.json
   local name=$1 secs=$(( $2 * SLOW )); shift 2

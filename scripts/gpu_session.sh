@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole device call of a session that is lent a GPU: the GPU check (scripts/gpu_check.sh)
+# in front, the ultrasound LDM and the MGCC runs (its `ldm` and `mgcc` modes) beside it on the
+# same GPU, then what should come back packed into $OUT as at most 8 files of < 16 MiB.
+# HERE first (no device time):
+#   bash scripts/gpu_check.sh prepare
+#   python scripts/pack_busi.py ../shared/data/busi runs/busi128 --size 128
+# then one call:
+#   run(command="bash scripts/gpu_session.sh", carry=[".whl", "runs/busi128"], timeout_s=590)
+# The trainings share the GPU and the CPU with the check, so the check's speed numbers are
+# those of a busy machine (say so wherever they are quoted).
+# GPU_SESSION_CHECK=0 skips the check (CPU dry run: GPU_CHECK_DEVICE=cpu and tiny budgets).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+O=${OUT:-runs/gpu_session}; mkdir -p "$O"
+T0=$(date +%s)
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+CAP=${GPU_SESSION_SECONDS:-540}   # the background jobs' hard cap, so packing always happens
+GPU_CHECK_WORK=runs/gc_ldm GPU_LDM_BUSI=${GPU_LDM_BUSI:-runs/busi128} GPU_LDM_SECONDS=${GPU_LDM_SECONDS:-360} \
+  GPU_LDM_REPORT_SECONDS=${GPU_LDM_REPORT_SECONDS:-120} timeout -s INT -k 20 "$CAP" bash scripts/gpu_check.sh ldm > "$O/ldm.log" 2>&1 &
+GPU_CHECK_WORK=runs/gc_mgcc GPU_MGCC_SECONDS=${GPU_MGCC_SECONDS:-420} \
+  timeout -s INT -k 20 "$CAP" bash scripts/gpu_check.sh mgcc > "$O/mgcc.log" 2>&1 &
+if [ "${GPU_SESSION_CHECK:-1}" = 1 ]; then
+  GPU_CHECK_BUDGET=${GPU_CHECK_BUDGET:-400} bash scripts/gpu_check.sh 2>&1 | tee "$O/gpu_check.log"
+  cp docs/benchmarks/gpu_check.json "$O/" 2>/dev/null
+fi
+wait
+echo "[gpu_session] all done after $(( $(date +%s) - T0 ))s; packing"
+L=runs/ldm_gpu; M=runs/mgcc_gpu
+cp "$L/export/unet/diffusion_pytorch_model.safetensors" "$O/ldm_unet.safetensors" 2>/dev/null
+tar czf "$O/ldm_rest.tgz" --exclude=export/unet/diffusion_pytorch_model.safetensors -C "$L" export \
+  2>/dev/null
+for run in "$M"/*/; do r=$(basename "$run"); f=$run/best.safetensors   # else the latest
+  [ -f "$f" ] || f=$run/final.safetensors; [ -f "$f" ] || continue
+  [ "$(stat -c %s "$f")" -lt 16000000 ] && cp "$f" "$O/mgcc_$r.safetensors"
+done
+tar czf "$O/logs.tgz" --exclude=site --exclude='*.safetensors' --exclude='*.pt' \
+  "$O"/*.log runs/gc_ldm runs/gc_mgcc runs/gpu_check "$L"/*.json "$L"/*.csv "$L/report" "$M"/*.log \
+  "$M"/*/train.log 2>/dev/null
+rm -f "$O"/*.log   # they are in logs.tgz
+ls -la "$O"
