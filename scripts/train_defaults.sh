@@ -2,7 +2,7 @@
 # Trains the bundled default models into src/napari_textdiff/models/ from ../shared/data.
 # Usage: scripts/train_defaults.sh STAGE...   (stages: backbone export histology xray ultrasound ultrasound_textdiff ldm)
 # Sizes scale with env vars so the same script serves a CPU (defaults below) and a GPU
-# (e.g. BACKBONE_STEPS=20000 TD_EPOCHS=50 MGCC_ITERS=20000 MGCC_WIDTH=0.25 DEVICE=cuda).
+# (e.g. BACKBONE_STEPS=20000 TD_EPOCHS=50 LDM_STEPS=10000 DEVICE=cuda).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${DATA:-../shared/data}
@@ -41,29 +41,31 @@ xray)       # TextDiff light head (session 8): taps + classic filters, whole ima
     --tag CV_xray
   .venv/bin/python benchmarks/td_issue16.py final --cv-tag CV_xray "${XS[@]}" --tag FINAL_xray \
     --save "$RUNS"/xray.safetensors --ship "$M"/xray.safetensors ;;
-ultrasound) # light MGCC: (1) semi-supervised warm-up, 50 % of the train split labeled;
-            # (2) supervised on every train-split mask (main decoder, batch 8) from (1);
-            # (3) the "no lesion" rule + threshold chosen on the same 109 validation images.
-            # Resumable: add --resume to a stage's mgcc train line after an interruption.
-  $NT mgcc train "$D"/busi --labeled-fraction 0.5 --val-fraction 0.2 \
-    --width "${MGCC_WIDTH:-0.125}" --size "${MGCC_SIZE:-128}" --iterations "${MGCC_WARMUP:-1000}" \
-    --lr 0.02 --batch-labeled 2 --batch-unlabeled 2 --val-every 100 --checkpoint-every 100 \
-    --device "$DEVICE" --run-dir "$RUNS"/us_warmup --out "$RUNS"/us_warmup.safetensors
+ultrasound) # light MGCC (session 11): supervised on every train-split mask (main decoder,
+            # batch 8, 6 000 iterations: ~7 min on an H200, ~8 h on one CPU core), then int8
+            # storage and the "no lesion" classifier + rule chosen on the 109 validation images
+            # (on the int8 weights). Resumable: add --resume after an interruption.
   $NT mgcc train "$D"/busi --labeled-fraction 1.0 --val-fraction 0.2 --main-only \
-    --init "$RUNS"/us_warmup.safetensors --width "${MGCC_WIDTH:-0.125}" --size "${MGCC_SIZE:-128}" \
-    --iterations "${MGCC_ITERS:-2000}" --lr 0.01 --batch-labeled 8 --val-every 100 \
-    --checkpoint-every 50 --device "$DEVICE" --run-dir "$RUNS"/us_sup --out "$RUNS"/us_sup.safetensors
+    --width "${MGCC_WIDTH:-0.25}" --size "${MGCC_SIZE:-128}" --iterations "${MGCC_ITERS:-6000}" \
+    --lr 0.01 --batch-labeled 8 --val-every 200 --checkpoint-every 200 --device "$DEVICE" \
+    --run-dir "$RUNS"/us_sup --out "$RUNS"/us_sup_final.safetensors
+  cp "$RUNS"/us_sup/best.safetensors "$RUNS"/us_sup.safetensors
+  .venv/bin/python scripts/shrink_bundle.py --int8 "$RUNS"/us_sup.safetensors
   .venv/bin/python scripts/busi_decision.py --data "$D"/busi --model "$RUNS"/us_sup.safetensors --classifier \
-    --out "$M"/ultrasound_mgcc.safetensors ;;
+    --out "$M"/ultrasound_mgcc.safetensors
+  .venv/bin/python scripts/shrink_bundle.py --int8 "$M"/ultrasound_mgcc.safetensors ;;
 ultrasound_textdiff) # TextDiff head for breast lesions; BUSI has no text, so each image is
             # described by its class folder ("Benign breast lesion.", core.datasets.BUSI_DESCRIPTIONS)
   $NT textdiff fit "$D"/busi --describe-classes --shots "${US_SHOTS:-32}" --seed 0 --val-fraction 0.25 \
     --backbone "$M"/backbone --resize-to 256 --epochs "${TD_EPOCHS:-10}" --device "$DEVICE" \
     --out "$M"/ultrasound.safetensors ;;   # not --calibrate: 8 validation images, one flip decides
-ldm)        # small latent diffusion model on BUSI images for the synthetic preview
-  $NT train-ldm "$D"/busi/benign "$D"/busi/malignant "$D"/busi/normal --exclude '*_mask*' \
-    --channels 1 --preset small --vae-steps "${VAE_STEPS:-150}" --unet-steps "${LDM_STEPS:-200}" \
-    --device "$DEVICE" --out "$RUNS"/ldm && .venv/bin/python scripts/export_ldm.py "$RUNS"/ldm "$M"/ldm ;;
+ldm)        # small latent diffusion model for the synthetic preview, on the MGCC split's 437
+            # training cases at 128² (the 109 validation cases stay unseen for the memorisation
+            # report). Shipped: 3 000 + 2 000 steps on an H200; 10 000 UNet steps are planned.
+  .venv/bin/python benchmarks/ldm_report.py pack --busi "$D"/busi --out "$RUNS"/ldm_data
+  $NT train-ldm "$RUNS"/ldm_data/train --channels 1 --preset small --vae-steps "${VAE_STEPS:-3000}" \
+    --unet-steps "${LDM_STEPS:-2000}" --device "$DEVICE" --out "$RUNS"/ldm \
+    && .venv/bin/python scripts/export_ldm.py "$RUNS"/ldm "$M"/ldm ;;
 *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
 done

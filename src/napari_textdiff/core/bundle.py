@@ -175,11 +175,15 @@ def save_bundle(path, kind: str, state_dict: dict, config: dict, meta: dict | No
     """Save tensors + JSON config as one safetensors file, atomically.
 
     ``dtype`` (e.g. ``torch.float16``) casts floating tensors for small shipped bundles; the
-    loader casts back to the model's dtype.
+    loader casts back to the model's dtype. ``dtype="int8"`` stores the large kernels as int8
+    with per-channel scales (:mod:`.weight_quant`); :func:`load_bundle` dequantises them.
     """
-    import torch
     from safetensors.torch import save
 
+    if dtype == "int8":
+        from .weight_quant import quantize_state
+
+        state_dict, dtype = quantize_state(state_dict), None
     tensors = {}
     for k, v in state_dict.items():
         v = v.detach().to("cpu")
@@ -248,11 +252,13 @@ def load_bundle(path, expect_kind: str | None = None, device="cpu") -> tuple[dic
     header = read_bundle_header(path)
     if expect_kind is not None and header["kind"] != expect_kind:
         raise BundleError(f"{path}: is a {header['kind']!r} model, expected {expect_kind!r}")
+    from .weight_quant import dequantize_state
+
     try:
         state = load_file(str(path), device=str(device))
     except Exception as e:
         raise BundleError(f"{path}: corrupt model weights ({e})") from e
-    return header, state
+    return header, dequantize_state(state)
 
 
 def state_fingerprint(state_dict: dict, max_tensors: int = 64) -> str:

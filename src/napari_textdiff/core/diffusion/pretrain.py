@@ -194,7 +194,8 @@ def pretrain_backbone(images, out_dir, config: PretrainConfig | None = None, dev
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True,
                    power=cfg.ema_power, foreach=device.type == "cuda",
                    model_cls=UNet2DModel, model_config=unet.config)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda")
     lr_sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup_steps,
                              num_training_steps=cfg.steps)
     if ckpt is not None:
