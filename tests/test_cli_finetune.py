@@ -86,3 +86,30 @@ def test_fit_without_any_backbone_names_the_option(tmp_path, capsys):
     assert main(["textdiff", "fit", str(ds), "--out", str(tmp_path / "m.safetensors"),
                  "--text-mode", "none", "--device", "cpu"]) == 2
     assert "--backbone" in capsys.readouterr().err
+
+
+def test_finetune_part_norm_trains_the_batchnorm_scales_not_the_kernels(tiny_mgcc_path, tmp_path,
+                                                                        capsys):
+    """`--part norm` (another scanner): BatchNorm scales/shifts + output layer move, convs do not."""
+    import torch
+
+    data = _saved_labels_folder(tmp_path / "corrected")
+    out = tmp_path / "norm.safetensors"
+    start = load_model(tiny_mgcc_path, device="cpu").net
+    assert main(["finetune", str(tiny_mgcc_path), str(data), "--out", str(out), "--part", "norm",
+                 "--epochs", "2", "--lr", "1e-2", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["train"] == "norm"
+    after = load_model(out, device="cpu").net
+    a, b = start.state_dict(), after.state_dict()
+    bn = [n for n, m in after.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert any(not torch.allclose(a[f"{n}.weight"], b[f"{n}.weight"]) for n in bn)
+    convs = [n for n, m in after.named_modules() if isinstance(m, torch.nn.Conv2d)
+             and not n.startswith("main_decoder.head")]
+    assert all(torch.allclose(a[f"{n}.weight"], b[f"{n}.weight"]) for n in convs)
+
+
+def test_finetune_part_is_refused_for_textdiff(tiny_textdiff_path, tmp_path, capsys):
+    ds = write_folder_dataset(tmp_path / "ds", shapes_set(1, seed=3))
+    assert main(["finetune", str(tiny_textdiff_path), str(ds), "--out",
+                 str(tmp_path / "x.safetensors"), "--part", "norm", "--device", "cpu"]) != 0
+    assert "--part applies to MGCC models" in capsys.readouterr().err

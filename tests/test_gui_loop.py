@@ -15,6 +15,15 @@ def dock(viewer, name):
     return widget
 
 
+def paint_correction(lab, centers):
+    """The eraser and the brush, as a person corrects: clear the layer, paint disks."""
+    lab.brush_size = 80
+    lab.paint((20, 20), 0)
+    lab.brush_size = 14
+    for c in centers:
+        lab.paint(c, 1)
+
+
 def wait_idle(qtbot, w, timeout=60000):
     try:
         qtbot.waitUntil(lambda: not w.running, timeout=timeout)
@@ -59,12 +68,7 @@ def test_segment_after_finetune_uses_the_finetuned_model(viewer, qtbot, modality
     seg.run_button.click()
     wait_idle(qtbot, seg)
     before = np.array(viewer.layers["b_labels"].data)
-    lab_a = viewer.layers["a_labels"]
-    lab_a.brush_size = 80
-    lab_a.paint((20, 20), 0)            # the eraser and the brush: a person's correction
-    lab_a.brush_size = 14
-    for c in ((14, 14), (34, 32)):
-        lab_a.paint(c, 1)
+    paint_correction(viewer.layers["a_labels"], ((14, 14), (34, 32)))
     ft.refresh()
     assert ft.checked_pairs() == [("a", "a_labels")]
     ft.epochs.setValue(40)
@@ -244,3 +248,43 @@ def test_diffusion_features_are_computed_once_for_segment_finetune_resegment(
     after = memo.stats()
     assert after["misses"] == first["misses"]       # nothing recomputed for this image
     assert after["hits"] >= first["misses"]
+
+
+def test_finetune_adapts_the_normalisation_layers_for_a_new_scanner(viewer, qtbot,
+                                                                     modality_models):
+    """MGCC: Adapt "to a new scanner" trains BatchNorm scales/shifts (+ the output layer) with
+    its own epochs / learning rate; the convolution kernels stay as they were."""
+    import torch
+
+    image, seg = dock(viewer, "Image and description"), dock(viewer, "Segment")
+    ft = dock(viewer, "Fine-tune")
+    image.modality.setCurrentIndex(image.modality.findData("ultrasound"))
+    assert not ft.adapt.isHidden() and ft.adapt.currentData() == "output"
+    ft.adapt.setCurrentIndex(ft.adapt.findData("norm"))
+    assert (ft.epochs.value(), ft.lr.value()) == (20, pytest.approx(2e-3))
+    ft.adapt.setCurrentIndex(ft.adapt.findData("output"))
+    assert ft.lr.value() == pytest.approx(3e-2)
+    ft.adapt.setCurrentIndex(ft.adapt.findData("norm"))
+    seg.split.setChecked(False)
+    seg.device.setCurrentText("cpu")
+    img, _ = blob_image(40, 40, seed=3)
+    viewer.add_image(img, name="scan")
+    seg.run_button.click()
+    wait_idle(qtbot, seg)
+    assert seg.last_error is None, seg.last_error
+    before = {k: v.clone() for k, v in seg.session.model.net.state_dict().items()}
+    paint_correction(viewer.layers["scan_labels"], ((14, 14), (30, 28)))
+    ft.refresh()
+    assert ft.checked_pairs() == [("scan", "scan_labels")]
+    ft.epochs.setValue(3)
+    ft.resegment.setChecked(False)
+    ft.start_button.click()
+    wait_idle(qtbot, ft)
+    assert ft.last_error is None, ft.last_error
+    net = ft.session.model.net
+    after = net.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    bn = {f"{n}.{p}" for n, m in net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)
+          for p in ("weight", "bias")}
+    assert changed & bn
+    assert changed <= bn | {k for k in after if k.startswith("main_decoder.head.")}

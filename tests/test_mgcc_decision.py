@@ -74,6 +74,19 @@ def test_finetune_parts(part, prefixes):
         run(m.finetune([_case(0)], train="encoder"))
 
 
+def test_finetune_norm_trains_batchnorm_affine_and_the_output_layer_only():
+    torch.manual_seed(0)
+    m = MGCCModel.create(in_channels=1, width=0.0625, size=32)
+    bn = {f"{name}.{p}" for name, mod in m.net.named_modules()
+          if isinstance(mod, torch.nn.BatchNorm2d) for p in ("weight", "bias")}
+    allowed = bn | {k for k in m.net.state_dict() if k.startswith("main_decoder.head.")}
+    before = {k: v.clone() for k, v in m.net.state_dict().items()}
+    run(m.finetune([_case(0), _case(1)], epochs=2, train="norm", lr=1e-2, augment=False))
+    changed = {k for k, v in m.net.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed & bn and changed <= allowed          # statistics (running_*) stay frozen
+    assert any(k.startswith("encoder") or not k.startswith("main_decoder") for k in changed & bn)
+
+
 def test_rule_empties_a_low_probability_map_and_keeps_a_confident_one():
     p = torch.zeros(2, 1, 32, 32)
     p[0, 0, 8:16, 8:16] = 0.7     # faint blob: max 0.7

@@ -11,7 +11,7 @@ in 13–17 s instead of 60 (``benchmarks/finetune_variants.py``). MGCC: see
 """
 from __future__ import annotations
 
-__all__ = ["FINETUNE_DEFAULTS", "finetune_defaults"]
+__all__ = ["FINETUNE_DEFAULTS", "MGCC_PART_DEFAULTS", "finetune_defaults"]
 
 FINETUNE_DEFAULTS: dict[str, dict] = {
     "textdiff": {"epochs": 4, "lr": 1e-4},
@@ -23,6 +23,20 @@ FINETUNE_DEFAULTS: dict[str, dict] = {
 }
 
 
-def finetune_defaults(kind: str | None) -> dict:
-    """The defaults of model kind ``kind`` (TextDiff's for an unknown kind)."""
-    return dict(FINETUNE_DEFAULTS.get(kind or "", FINETUNE_DEFAULTS["textdiff"]))
+#: MGCC's other choice: "norm" (BatchNorm scales/shifts + output layer) for images from another
+#: scanner or setting. BUSI, 10 cases -> 60 others, 3 seeds (scripts/busi_finetune.py): under a
+#: contrast change (image**2) +10.0 Dice in 43 s (the output layer alone: +0.0), but -4.5 on
+#: images like the training ones: so a choice the user makes, not the default.
+MGCC_PART_DEFAULTS: dict[str, dict] = {
+    "output": {},
+    "norm": {"train": "norm", "epochs": 20, "lr": 2e-3},
+}
+
+
+def finetune_defaults(kind: str | None, part: str | None = None) -> dict:
+    """The defaults of model kind ``kind`` (TextDiff's for an unknown kind); for MGCC,
+    ``part`` ("output" or "norm") picks the weights to train and their epochs / lr."""
+    d = dict(FINETUNE_DEFAULTS.get(kind or "", FINETUNE_DEFAULTS["textdiff"]))
+    if kind == "mgcc" and part is not None:
+        d.update(MGCC_PART_DEFAULTS[part])
+    return d

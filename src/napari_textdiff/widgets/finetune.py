@@ -15,8 +15,8 @@ import weakref
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (QCheckBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
-                            QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
+                            QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
                             QSpinBox, QVBoxLayout)
 
 from . import _layers
@@ -27,6 +27,10 @@ __all__ = ["FinetuneWidget"]
 
 #: README "Does fine-tuning pay?": leave-one-organ-out on MoNuSeg, one corrected image lost up
 #: to 14 points on the organ's other images in one draw, two gained in every shifted draw
+#: the MGCC "Adapt" choices: (label, part of core.finetune_defaults.MGCC_PART_DEFAULTS)
+ADAPT_CHOICES = (("to my corrections (output layer)", "output"),
+                 ("to a new scanner or setting (normalisation layers)", "norm"))
+
 ONE_IMAGE_ADVICE = ("with one corrected image a fine-tune often makes other images worse; "
                     "correct at least two before fine-tuning (Revert undoes this one)")
 
@@ -43,8 +47,16 @@ class FinetuneWidget(JobWidget):
         self.lr.setDecimals(6)
         self.lr.setRange(1e-6, 1.0)
         self.lr.setSingleStep(1e-4)
+        self.adapt = QComboBox()
+        for label, part in ADAPT_CHOICES:
+            self.adapt.addItem(label, part)
+        self.adapt.setToolTip("MGCC: what the fine-tune trains. Images from another scanner or "
+                              "setting: the normalisation layers (on BUSI +10 Dice from 10 "
+                              "cases); images like the model's own: the output layer only")
+        self.adapt_label = QLabel("Adapt")
         self._defaults_kind = None
         self._apply_library_defaults()
+        self.adapt.currentIndexChanged.connect(lambda *_: self._apply_library_defaults(force=True))
         self.resegment = QCheckBox("then re-segment the other images")
         self.resegment.setChecked(True)
         self.start_button = QPushButton("Start")
@@ -65,6 +77,7 @@ class FinetuneWidget(JobWidget):
         lay.addWidget(self.pairs)
         lay.addWidget(self.refresh_button)
         form = QFormLayout()
+        form.addRow(self.adapt_label, self.adapt)
         form.addRow("Epochs", self.epochs)
         form.addRow("Learning rate", self.lr)
         lay.addLayout(form)
@@ -101,20 +114,30 @@ class FinetuneWidget(JobWidget):
         self._update_buttons()
 
     # -- defaults -------------------------------------------------------------------------------
-    def _apply_library_defaults(self) -> None:
+    def _apply_library_defaults(self, force: bool = False) -> None:
         """Epochs and learning rate of the library's ``finetune()`` for the current model's
-        kind (read from the file's header: no torch needed)."""
-        from ..core.defaults import model_kind
+        kind (read from the file's header: no torch needed) and, for MGCC, the Adapt choice."""
         from ..core.finetune_defaults import finetune_defaults
 
-        key = self.session.current_key()
-        kind = model_kind(key[0]) if key else None
-        if kind == self._defaults_kind and self._defaults_kind is not None:
+        kind = self._current_kind()
+        self.adapt.setVisible(kind == "mgcc")
+        self.adapt_label.setVisible(kind == "mgcc")
+        if not force and kind == self._defaults_kind and self._defaults_kind is not None:
             return
         self._defaults_kind = kind
-        d = finetune_defaults(kind)
+        d = finetune_defaults(kind, self._part(kind))
         self.epochs.setValue(int(d["epochs"]))
         self.lr.setValue(float(d["lr"]))
+
+    def _current_kind(self) -> str | None:
+        from ..core.defaults import model_kind
+
+        key = self.session.current_key()
+        return model_kind(key[0]) if key else None
+
+    def _part(self, kind) -> str | None:
+        """The MGCC part chosen under Adapt (None for other kinds)."""
+        return self.adapt.currentData() if kind == "mgcc" else None
 
     # -- the training set ------------------------------------------------------------------------
     def refresh(self, event=None) -> None:
@@ -178,6 +201,8 @@ class FinetuneWidget(JobWidget):
                           _layers.description_of(img)))
         trained = {p[0] for p in pairs}
         epochs, lr, session = self.epochs.value(), self.lr.value(), self.session
+        part = self._part(self._current_kind())
+        extra = {"train": part} if part is not None else {}
         self.plot.clear()
         self._n = 0
         state = {"ok": False}
@@ -218,7 +243,7 @@ class FinetuneWidget(JobWidget):
 
         self._set_running(True)
         ok = self.start_job(lambda: finetune_job(session, pairs, epochs=epochs, lr=lr,
-                                                 should_stop=self.should_stop),
+                                                 should_stop=self.should_stop, **extra),
                             what="Fine-tuning", on_event=on_event, on_done=on_done,
                             on_error=on_error, on_finish=on_finish)
         if not ok:

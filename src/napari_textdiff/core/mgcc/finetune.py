@@ -76,7 +76,10 @@ def finetune_model(model, examples: Sequence, *, epochs: int = FINETUNE_DEFAULTS
 
     ``train``: "decoder" (main decoder only, cached frozen features), "head" (the decoder's
     last double conv and 1x1 head), "output" (the 1x1 head alone: a learned recalibration,
-    on cached decoder features) or "all" (every weight, BatchNorm statistics still frozen).
+    on cached decoder features), "norm" (every BatchNorm scale and shift plus the 1x1 head,
+    statistics frozen: a cheap re-calibration for another scanner or setting — on BUSI under a
+    contrast change +7.9 Dice from 10 cases, on unshifted cases −3.2; Adam 1e-3 x 30) or "all"
+    (every weight, BatchNorm statistics still frozen).
     Corrected masks with no lesion are left out of the pixel loss (said in the first event):
     measured on BUSI, one empty mask fine-tuned on made the model find nothing on other images;
     "no lesion" is the image-level rule's answer. All-empty examples are an error.
@@ -85,8 +88,9 @@ def finetune_model(model, examples: Sequence, *, epochs: int = FINETUNE_DEFAULTS
     """
     from ..amp import Amp
 
-    if train not in ("decoder", "head", "output", "all"):
-        raise ValueError(f"train must be 'decoder', 'head', 'output' or 'all', got {train!r}")
+    if train not in ("decoder", "head", "output", "norm", "all"):
+        raise ValueError("train must be 'decoder', 'head', 'output', 'norm' or 'all', "
+                         f"got {train!r}")
     if not examples:
         raise ValueError("fine-tuning needs at least one image/mask example")
     net, dev = model.net, model.device
@@ -111,7 +115,9 @@ def finetune_model(model, examples: Sequence, *, epochs: int = FINETUNE_DEFAULTS
     dec = net.main_decoder
     params = {"decoder": lambda: list(dec.parameters()), "all": lambda: list(net.parameters()),
               "head": lambda: [*dec.convs[-1].parameters(), *dec.head.parameters()],
-              "output": lambda: list(dec.head.parameters())}[train]()
+              "output": lambda: list(dec.head.parameters()),
+              "norm": lambda: [*(p for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)
+                                 for p in m.parameters()), *dec.head.parameters()]}[train]()
     train_ids = {id(p) for p in params}
     frozen = [p for p in net.parameters() if id(p) not in train_ids]
     saved_flags = [p.requires_grad for p in frozen]
@@ -132,7 +138,7 @@ def finetune_model(model, examples: Sequence, *, epochs: int = FINETUNE_DEFAULTS
                 "one such image made the model find nothing on other images (Dice 0.72 -> "
                 "0.13); 'no lesion' is the image-level rule's answer"))
         cache = None
-        if train != "all":
+        if train not in ("all", "norm"):
             n_tf = 8 if augment else 1
             per = sum(int(np.prod(f.shape)) for f in _frozen_features(net, X[:1].to(dev) * 0))
             if per * 4 * n * n_tf <= _CACHE_LIMIT_BYTES:
