@@ -281,6 +281,8 @@ def test_finetune_adapts_the_normalisation_layers_for_a_new_scanner(viewer, qtbo
     ft.start_button.click()
     wait_idle(qtbot, ft)
     assert ft.last_error is None, ft.last_error
+    assert ft.status.text().startswith("fine-tune finished (1 image(s))")
+    assert "loading model" not in ft.status.text()      # a job's start is no note for the end
     net = ft.session.model.net
     after = net.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}

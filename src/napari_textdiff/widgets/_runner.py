@@ -159,7 +159,10 @@ class JobWidget(QWidget):
         if self.synchronous:
             control.worker = "sync"
             try:
-                gen = gen_fn()
+                from ._session import wait_warm
+
+                wait_warm()   # as the worker does: importing diffusers while the warm-up
+                gen = gen_fn()  # thread is half-way through it fails ("cannot import name")
                 try:
                     while True:       # jobs see Stop through should_stop and return
                         ev = next(gen)

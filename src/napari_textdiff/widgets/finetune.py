@@ -208,7 +208,7 @@ class FinetuneWidget(JobWidget):
         state = {"ok": False}
 
         def on_event(ev):
-            if ev.loss is None and ev.message and not ev.step:
+            if ev.stage == "finetune" and ev.loss is None and ev.message and not ev.step:
                 state["note"] = ev.message          # e.g. masks left out: shown at the end too
             self.show_progress(self.progress, ev)
             if ev.loss is not None:
