@@ -97,8 +97,10 @@ def test_finetune_part_norm_trains_the_batchnorm_scales_not_the_kernels(tiny_mgc
     out = tmp_path / "norm.safetensors"
     start = load_model(tiny_mgcc_path, device="cpu").net
     assert main(["finetune", str(tiny_mgcc_path), str(data), "--out", str(out), "--part", "norm",
-                 "--epochs", "2", "--lr", "1e-2", "--device", "cpu"]) == 0
-    assert json.loads(capsys.readouterr().out)["settings"]["train"] == "norm"
+                 "--epochs", "2", "--device", "cpu"]) == 0
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    assert settings == {**finetune_defaults("mgcc", "norm"), "epochs": 2}   # the part's lr
+    assert settings["train"] == "norm" and settings["lr"] == 2e-3
     after = load_model(out, device="cpu").net
     a, b = start.state_dict(), after.state_dict()
     bn = [n for n, m in after.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]

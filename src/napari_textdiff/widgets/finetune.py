@@ -16,8 +16,8 @@ import weakref
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                            QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
-                            QSpinBox, QVBoxLayout)
+                            QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar,
+                            QPushButton, QSpinBox, QVBoxLayout)
 
 from . import _layers
 from ._plot import LivePlot
@@ -25,12 +25,12 @@ from ._runner import JobWidget, start_segmentation
 
 __all__ = ["FinetuneWidget"]
 
-#: README "Does fine-tuning pay?": leave-one-organ-out on MoNuSeg, one corrected image lost up
-#: to 14 points on the organ's other images in one draw, two gained in every shifted draw
 #: the MGCC "Adapt" choices: (label, part of core.finetune_defaults.MGCC_PART_DEFAULTS)
 ADAPT_CHOICES = (("to my corrections (output layer)", "output"),
                  ("to a new scanner or setting (normalisation layers)", "norm"))
 
+#: README "Does fine-tuning pay?": leave-one-organ-out on MoNuSeg, one corrected image lost up
+#: to 14 points on the organ's other images in one draw, two gained in every shifted draw
 ONE_IMAGE_ADVICE = ("with one corrected image a fine-tune often makes other images worse; "
                     "correct at least two before fine-tuning (Revert undoes this one)")
 
