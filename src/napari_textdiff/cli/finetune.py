@@ -45,7 +45,7 @@ def _run(args) -> int:
 
     from napari_textdiff.cli._common import load_model, run_keeping_work, writable_file
     from napari_textdiff.core.datasets import labelled_samples
-    from napari_textdiff.core.finetune_defaults import finetune_defaults
+    from napari_textdiff.core.finetune_defaults import MGCC_PART_DEFAULTS, finetune_defaults
 
     given = {k: getattr(args, k) for k in ("epochs", "lr") if getattr(args, k) is not None}
     bad = [f"--{k} {v}" for k, v in given.items() if not v > 0]
@@ -73,7 +73,7 @@ def _run(args) -> int:
                   f"{' ...' if len(bare) > 3 else ''}); this model reads the text",
                   file=sys.stderr)
     examples = [s.load(channels=model.channels) for s in samples]
-    part = args.part if args.part in ("output", "norm") else None   # those with own defaults
+    part = args.part if args.part in MGCC_PART_DEFAULTS else None   # those with own defaults
     settings = {**finetune_defaults(model.kind, part), **given}
     print(f"fine-tuning {args.model} ({model.kind}) on {len(examples)} image(s): "
           f"{', '.join(f'{k} {v}' for k, v in settings.items())}", file=sys.stderr)

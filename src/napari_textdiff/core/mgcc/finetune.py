@@ -77,8 +77,8 @@ def finetune_model(model, examples: Sequence, *, epochs: int = FINETUNE_DEFAULTS
     ``train``: "decoder" (main decoder only, cached frozen features), "head" (the decoder's
     last double conv and 1x1 head), "output" (the 1x1 head alone: a learned recalibration,
     on cached decoder features), "norm" (every BatchNorm scale and shift plus the 1x1 head,
-    statistics frozen: a cheap re-calibration for another scanner or setting — on BUSI under a
-    contrast change +7.9 Dice from 10 cases, on unshifted cases −3.2; Adam 1e-3 x 30) or "all"
+    statistics frozen: a cheap re-calibration for another scanner or setting; its epochs / lr
+    and measured gains: ``core.finetune_defaults.MGCC_PART_DEFAULTS``) or "all"
     (every weight, BatchNorm statistics still frozen).
     Corrected masks with no lesion are left out of the pixel loss (said in the first event):
     measured on BUSI, one empty mask fine-tuned on made the model find nothing on other images;
