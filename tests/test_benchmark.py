@@ -487,3 +487,38 @@ def test_variants_feed_each_model_the_noise_steps_of_its_preset(tmp_path):
     assert v.compute_seconds > 0
     assert sorted(v.stats()["step_sets"]) == [[50], [50, 150, 250]]
     v.close()
+
+
+def test_baselines_keep_their_best_validation_weights_and_record_the_curve(tmp_path):
+    """--val-images: the U-Net and MGCC-light rows are scored during training on other
+    training-folder images (never the K drawn, never the test folder), keep the best weights
+    and record the curve a plateau is read from; the TextDiff rows take no validation."""
+    from napari_textdiff.benchmark.fewshot import (MonusegConfig, run_monuseg,
+                                                   validation_images)
+    from napari_textdiff.core.datasets import kshot, load_monuseg
+    from napari_textdiff.core.progress import run
+
+    data = make_monuseg(tmp_path / "data", n_train=6)
+    cfg = MonusegConfig.quick(k=[2], seeds=[0, 1], methods=["unet", "mgcc_light"],
+                              protocols=["tiles", "paper"], size=32, tile_overlap=8,
+                              unet_iterations=6, mgcc_iterations=4, val_images=3,
+                              val_every=2, test_split="Val_Folder", device="cpu")
+    res = run(run_monuseg(data, tmp_path / "out", cfg))
+    pool = load_monuseg(data, split="Train_Folder")
+    for r in res["rows"]:
+        drawn = set(r["train_images"])
+        assert len(r["val_images"]) == 3 and not drawn & set(r["val_images"])
+        assert not set(r["val_images"]) & set(res["data"]["test_images"])
+        total = 6 if r["method"] == "unet" else 4
+        assert [it for it, _ in r["val_curve"]] == list(range(2, total + 1, 2))
+        assert all(0.0 <= v <= 1.0 for _, v in r["val_curve"])
+        best = max(r["val_curve"], key=lambda p: p[1])
+        assert r["best_iteration"] == best[0]
+        # the draw is the seed's: the same images again, other ones for another seed
+        subset = kshot(pool, 2, seed=r["seed"])
+        assert [s.name for s in validation_images(pool, subset, 3, r["seed"])] == \
+            r["val_images"]
+        if r["protocol"] == "tiles":      # scored on native crops, not on resized images
+            assert r["val_examples"] > 3
+    with pytest.raises(ValueError, match="only 4 training-folder images are left"):
+        validation_images(pool, kshot(pool, 2, seed=0), 5, 0)

@@ -51,6 +51,12 @@ class MonusegConfig:
     min_head_steps: int = 100       # ...but at least this many steps when K is small
     unet_iterations: int = 200      # CPU-sized budgets (REFERENCE's U-Net used 1 500 steps)
     mgcc_iterations: int = 200
+    # U-Net / MGCC-light: with val_images > 0, that many other training-folder images (seeded,
+    # never the K drawn ones nor the test folder) are cut into native crops and scored every
+    # val_every iterations; the best weights are kept and the curve is recorded, so a row's
+    # budget can be shown to reach its plateau
+    val_images: int = 0
+    val_every: int | None = None
     unet_width: float = 0.25
     mgcc_width: float = 0.125       # MGCC's 4 decoders cost ~5x a U-Net step at 0.25
     batch_size: int = 4             # U-Net / MGCC labeled batch
@@ -71,6 +77,9 @@ class MonusegConfig:
             raise ValueError(f"K values must be >= 1, got {self.k}")
         if not self.seeds:
             raise ValueError("give at least one seed")
+        if self.val_images < 0 or (self.val_every is not None and self.val_every < 1):
+            raise ValueError(f"val_images must be >= 0 and val_every >= 1, got "
+                             f"{self.val_images} / {self.val_every}")
         if self.size % 16:
             raise ValueError(f"size must be a multiple of 16, got {self.size}")
         if self.textdiff_overrides:
@@ -188,8 +197,35 @@ def _curve(values: Sequence[float], unit: str, max_points: int = 200) -> dict:
     return {"unit": unit, "x": x.tolist(), "loss": [round(float(a), 6) for a in v]}
 
 
+def _recording_validation(gen, sink: list):
+    """Pass a training generator's events through, keeping ``[iteration, val IoU]`` of each
+    validation event in ``sink``; returns what the generator returns."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if ev.stage == "validate" and ev.metrics:
+            iou = ev.metrics.get("val_iou", ev.metrics.get("iou"))
+            if iou is not None:
+                sink.append([int(ev.step), round(float(iou), 5)])
+        yield ev
+
+
+def validation_images(pool, subset, n: int, seed: int) -> list:
+    """``n`` samples of ``pool`` outside ``subset``, drawn by ``seed`` (sorted by name first,
+    so the draw does not depend on the folder's listing order)."""
+    taken = {s.name for s in subset}
+    rest = sorted((s for s in pool if s.name not in taken), key=lambda s: s.name)
+    if n > len(rest):
+        raise ValueError(f"{n} validation images asked, but only {len(rest)} training-folder "
+                         "images are left outside the draw; lower --val-images")
+    order = np.random.default_rng(10_000 + seed).permutation(len(rest))[:n]
+    return [rest[i] for i in sorted(order)]
+
+
 def fit_and_evaluate(method: str, protocol: str, train, test, cfg, variants, seed: int,
-                     device, should_stop=None):
+                     device, should_stop=None, val=()):
     """Generator: train one method on ``train`` examples and score it on ``test``; returns
     the result row (without method/protocol/k keys), or None when stopped before a model
     existed."""
@@ -242,22 +278,31 @@ def fit_and_evaluate(method: str, protocol: str, train, test, cfg, variants, see
     else:
         data = crops_of(train, cfg.size, cfg.tile_overlap, seed=seed) if tiles else list(train)
         mode = "tile" if tiles else "resize"
+        # validation is scored per example at the model's input size: native crops for the
+        # tiles protocol (what its tiles see), whole images (resized) for the paper protocol
+        val_ex = (crops_of(val, cfg.size, cfg.tile_overlap, seed=seed) if tiles else list(val))
+        val_curve: list = []
         if method == "unet":
-            model, losses = yield from train_unet(
+            model, losses = yield from _recording_validation(train_unet(
                 data, config=SupervisedConfig(iterations=cfg.unet_iterations,
                                               batch_size=cfg.batch_size, size=cfg.size,
                                               seed=seed),
                 net_config=UNetConfig(in_channels=3, width=cfg.unet_width), device=device,
-                inference=mode, should_stop=should_stop)
+                inference=mode, should_stop=should_stop, val=val_ex,
+                val_every=cfg.val_every), val_curve)
         else:
-            model, h = yield from train_mgcc_light(
-                data, iterations=cfg.mgcc_iterations, size=cfg.size, width=cfg.mgcc_width,
-                batch_labeled=cfg.batch_size, seed=seed, device=device, inference=mode,
-                should_stop=should_stop)
+            model, h = yield from _recording_validation(train_mgcc_light(
+                data, val=val_ex, iterations=cfg.mgcc_iterations, size=cfg.size,
+                width=cfg.mgcc_width, batch_labeled=cfg.batch_size, seed=seed, device=device,
+                inference=mode, val_every=cfg.val_every, should_stop=should_stop), val_curve)
             losses = h["loss"]
         curve = _curve(losses, "iteration")
         info = {"parameters": int(sum(p.numel() for p in model.net.parameters())),
                 "train_crops": len(data)}
+        if val_ex:
+            best = max(val_curve, key=lambda r: r[1]) if val_curve else None
+            info.update(val_images=[e.name for e in val], val_examples=len(val_ex),
+                        val_curve=val_curve, best_iteration=best[0] if best else None)
 
         def predict(ex):
             return model.predict_proba(ex.image, mode=mode, overlap=cfg.tile_overlap)
@@ -339,8 +384,11 @@ def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
             if row is None:
                 subset = kshot(train_s, k, seed=seed)
                 train = [load(s) for s in subset]
+                val = ([load(s) for s in validation_images(train_s, subset, cfg.val_images,
+                                                           seed)]
+                       if cfg.val_images and method in ("unet", "mgcc_light") else [])
                 row = yield from fit_and_evaluate(method, protocol, train, test, cfg, variants,
-                                                  seed, dev, should_stop)
+                                                  seed, dev, should_stop, val=val)
                 if row is None:
                     break
                 row = {"method": method, "protocol": protocol, "k": k, **row}

@@ -90,6 +90,12 @@ def register(sub) -> None:
                         "--textdiff-set scale=0.5 --textdiff-set stain_norm='\"reinhard\"'")
     m.add_argument("--unet-iterations", type=int, default=None)
     m.add_argument("--mgcc-iterations", type=int, default=None)
+    m.add_argument("--val-images", type=int, default=None,
+                   help="U-Net / MGCC-light: score this many other training-folder images "
+                        "(never the K drawn, never the test folder) during training, keep the "
+                        "best weights and record the validation curve (default 0: none)")
+    m.add_argument("--val-every", type=int, default=None,
+                   help="iterations between validations (default: a fifth of the budget)")
     m.add_argument("--max-train-tiles", type=int, default=None,
                    help="tiles protocol: TextDiff training tiles per image (default 4)")
     m.add_argument("--max-test-images", type=int, default=None)
@@ -249,6 +255,7 @@ def _monuseg(args) -> int:
         "k": "k", "seeds": "seeds", "protocols": "protocols", "methods": "methods",
         "train_split": "train_split", "test_split": "test_split", "epochs": "epochs",
         "unet_iterations": "unet_iterations", "mgcc_iterations": "mgcc_iterations",
+        "val_images": "val_images", "val_every": "val_every",
         "max_train_tiles": "max_train_tiles", "max_test_images": "max_test_images",
         "tile_overlap": "tile_overlap", "backbone": "backbone",
         "backbone_preset": "backbone_preset", "text_encoder": "text_encoder",
