@@ -10,7 +10,8 @@ from napari_textdiff.core.textdiff.features import FeatureStack, build_features,
 from napari_textdiff.core.textdiff.head import LightHead, TextDiffHead, build_head
 from napari_textdiff.core.textdiff.model import TextDiffModel
 from napari_textdiff.core.textdiff.cache import TileCache
-from napari_textdiff.core.textdiff.train import cropped_batch, epoch_batches, random_crop
+from napari_textdiff.core.textdiff.train import (_window, cropped_batch, epoch_batches,
+                                                 random_crop)
 from textdiff_testkit import dice, make_tiny_backbone, make_tiny_bert, shapes_set
 
 SMALL = dict(working_size=32, tile_overlap=8, dim=16, heads=2, steps=[10, 50], max_length=12,
@@ -113,6 +114,40 @@ def test_epoch_batches_and_aligned_crops():
     b = random_crop(*cache.batch(idx), [8, 1], 16, np.random.default_rng(7))
     for x, y in zip([*a[0], a[1], a[2]], [*b[0], b[1], b[2]]):
         assert torch.equal(x, y)
+
+
+def test_crop_windows_stay_on_the_image_not_its_padding():
+    """A small image padded to the working size: every window holds image pixels, and the
+    windows still range over the whole image (not just its corner)."""
+    rng = np.random.default_rng(0)
+    valid = torch.zeros(2, 64, 64)
+    valid[0, :40, :24] = 1                       # padding is below and right of the image
+    valid[1, :20, :30] = 1
+    masks = torch.zeros(2, 64, 64, dtype=torch.long)
+    feats = [torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 64, 64)]
+    for _ in range(200):
+        f, m, v = random_crop(feats, masks, valid, [8, 1], 16, rng)
+        assert v.shape[-2:] == (16, 16) and float(v.sum()) > 0
+    # the union extent is 40 x 30: windows start at 0..24 (rows) and 0..16 (columns)
+    seen = set()
+    for _ in range(300):
+        seen.add(_window(valid.numpy(), 16, 8, rng))
+    assert {y for y, _ in seen} == {0, 8, 16, 24} and {x for _, x in seen} == {0, 8, 16}
+    # no valid pixel at all (never in practice): the whole tile is used
+    assert {_window(np.zeros((1, 64, 64)), 16, 8, rng)[0] for _ in range(100)} == \
+        {0, 8, 16, 24, 32, 40, 48}
+
+
+def test_fit_on_images_smaller_than_the_working_size_has_no_empty_steps(env):
+    """Images padded up to the working size: no step sees only padding (loss exactly 0)."""
+    torch.set_num_threads(1)
+    cfg = TextDiffConfig.preset("light", lr=3e-3, **{**SMALL, "working_size": 64, "epochs": 2})
+    m = TextDiffModel.create(cfg, backbone=str(env["bb"]), text_encoder=str(env["bert"]),
+                             device="cpu")
+    small = shapes_set(6, seed=3)                                  # 32² images, 64² tiles
+    assert all(np.asarray(ex.image).shape[0] < 64 for ex in small)
+    losses = [ev.loss for ev in m.fit(small) if ev.stage == "train" and ev.loss is not None]
+    assert len(losses) == 20 and min(losses) > 0.01
 
 
 @pytest.mark.parametrize("kind", ["both", "classic"])
