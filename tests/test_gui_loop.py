@@ -199,6 +199,33 @@ def test_all_panels_fit_a_1366x768_screen(viewer):
     assert panel.segment.session is panel.image_panel.session
 
 
+def test_squeezed_docks_scroll_instead_of_drawing_rows_over_each_other(viewer, qtbot):
+    """Segment and Fine-tune docked one above the other on a short window: napari lets a dock
+    shrink to 50 px; the panels scroll, so the fine-tune status never covers the loss plot."""
+    from qtpy.QtCore import QPoint
+
+    seg = dock(viewer, "Segment")
+    ft_dock, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    viewer.window.show()
+    ft_dock.setMaximumHeight(300)           # as a person drags the dock splitter up
+    ft.status.setText("fine-tune finished (1 image(s)); " + "a long note " * 30)
+    for x in range(5):
+        ft.plot.add("loss", x, 1.0 / (x + 1))
+    qtbot.wait(200)
+
+    def rect(w):
+        top = w.mapTo(ft, QPoint(0, 0))
+        return top.y(), top.y() + w.height()
+
+    rows = [ft.progress, ft.plot, ft.status, ft.model_info, ft.save_button]
+    spans = [rect(w) for w in rows]
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
+    assert ft.status.height() >= ft.status.heightForWidth(ft.status.width()) - 1
+    assert ft.plot.height() >= ft.plot.minimumHeight()
+    assert ft.scroll.verticalScrollBar().maximum() > 0       # the rest is a scroll away
+    assert seg.scroll.widget().isAncestorOf(seg.run_button)
+
+
 @pytest.mark.parametrize("suffix", [".tif", ".png"])
 def test_saved_labels_keep_the_description_one_sidecar_per_file(viewer, qtbot, fake_model_path,
                                                                  tmp_path, suffix):

@@ -17,10 +17,11 @@ import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                             QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar,
-                            QPushButton, QSpinBox, QVBoxLayout)
+                            QPushButton, QSpinBox)
 
 from . import _layers
 from ._plot import LivePlot
+from ._scroll import scrolling_layout
 from ._runner import JobWidget, start_segmentation
 
 __all__ = ["FinetuneWidget"]
@@ -72,7 +73,7 @@ class FinetuneWidget(JobWidget):
         self.revert_button = QPushButton("Revert")
         self.revert_button.setToolTip("Go back to the model before the last fine-tune")
 
-        lay = QVBoxLayout(self)
+        lay = scrolling_layout(self)
         lay.addWidget(QLabel("Train on (image + corrected labels + description):"))
         lay.addWidget(self.pairs)
         lay.addWidget(self.refresh_button)

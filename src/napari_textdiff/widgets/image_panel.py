@@ -10,6 +10,7 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QL
 
 from ..core import defaults
 from . import _layers
+from ._scroll import scrolling_layout
 
 __all__ = ["ImagePanel"]
 
@@ -41,7 +42,7 @@ class ImagePanel(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.open_files)
         buttons.addWidget(self.open_folder)
-        lay = QVBoxLayout(self)
+        lay = scrolling_layout(self)
         lay.addLayout(form)
         lay.addLayout(buttons)
         lay.addWidget(QLabel("Diagnostic description of the selected image:"))

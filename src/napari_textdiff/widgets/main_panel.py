@@ -1,12 +1,12 @@
 """All panels in one dock, as tabs: the plugin fits a 1366×768 screen.
 
 Four docked panels stacked need ~1 600 px of height; tabs in one dock need the tallest panel
-only, and each tab scrolls when the screen is smaller still. The panels are the same objects
+only, and each panel scrolls when the screen is smaller still. The panels are the same objects
 as the separate dock widgets and share the viewer's session like them.
 """
 from __future__ import annotations
 
-from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 __all__ = ["TextDiffPanel"]
 
@@ -26,10 +26,7 @@ class TextDiffPanel(QWidget):
         self.tabs = QTabWidget()
         for w, title in ((self.image_panel, "Image"), (self.segment, "Segment"),
                          (self.finetune, "Fine-tune"), (self.synthetic, "Synthetic")):
-            scroll = QScrollArea()
-            scroll.setWidgetResizable(True)
-            scroll.setWidget(w)
-            self.tabs.addTab(scroll, title)
+            self.tabs.addTab(w, title)      # each panel scrolls itself (_scroll.py)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.tabs)

@@ -7,11 +7,12 @@ after confirmation.
 from __future__ import annotations
 
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                            QHBoxLayout, QLabel, QPushButton, QProgressBar, QVBoxLayout)
+                            QHBoxLayout, QLabel, QPushButton, QProgressBar)
 
 from ..core import defaults
 from . import _layers
 from ._runner import JobWidget, start_segmentation
+from ._scroll import scrolling_layout
 from ._session import DEFAULT_SOURCE, DEVICES
 
 __all__ = ["SegmentWidget"]
@@ -61,7 +62,7 @@ class SegmentWidget(JobWidget):
         form.addRow("Device", self.device)
         form.addRow("Threshold", self.threshold)
         form.addRow("Slide area", self.slide_area_choice)
-        lay = QVBoxLayout(self)
+        lay = scrolling_layout(self)
         lay.addLayout(form)
         for w in (self.split, self.tiled, self.all_images):
             lay.addWidget(w)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                            QLineEdit, QListWidget, QProgressBar, QPushButton, QSpinBox,
-                            QVBoxLayout)
+                            QLineEdit, QListWidget, QProgressBar, QPushButton, QSpinBox)
 
 from ..core import defaults
 from ._runner import JobWidget
+from ._scroll import scrolling_layout
 
 __all__ = ["SyntheticWidget", "SAMPLES_LAYER"]
 
@@ -67,7 +67,7 @@ class SyntheticWidget(JobWidget):
         form.addRow("DDIM steps", self.steps)
         form.addRow("eta", self.eta)
         form.addRow("Seed", self.seed)
-        lay = QVBoxLayout(self)
+        lay = scrolling_layout(self)
         lay.addLayout(form)
         buttons = QHBoxLayout()
         buttons.addWidget(self.generate_button)
