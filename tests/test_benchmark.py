@@ -522,3 +522,45 @@ def test_baselines_keep_their_best_validation_weights_and_record_the_curve(tmp_p
             assert r["val_examples"] > 3
     with pytest.raises(ValueError, match="only 4 training-folder images are left"):
         validation_images(pool, kshot(pool, 2, seed=0), 5, 0)
+
+
+def test_a_stopped_unit_is_scored_saved_marked_and_rerun_by_resume(tmp_path):
+    """A stop request (Ctrl-C, or SIGINT from a time limit) mid-training: the unit keeps its
+    best validated weights, is scored and saved marked stopped with its validation curve; the
+    report says so; --resume trains it again; --finished-only reports it as it is."""
+    from napari_textdiff.benchmark.busi import BusiConfig, run_busi
+    from napari_textdiff.benchmark.report import markdown
+    from napari_textdiff.core.progress import run
+
+    data = make_busi(tmp_path / "busi")
+    out = tmp_path / "out"
+    cfg = BusiConfig.quick(seeds=[0], methods=["unet_full", "mgcc_50"], size=32,
+                           iterations=12, val_every=2, device="cpu")
+    steps = {"n": 0}
+
+    def stop():
+        return steps["n"] >= 5
+
+    gen = run_busi(data, out, cfg, should_stop=stop)
+    res = None
+    try:
+        while True:
+            ev = next(gen)
+            if ev.stage == "train":
+                steps["n"] += 1
+    except StopIteration as s:
+        res = s.value
+    rows = res["rows"]
+    assert [r["method"] for r in rows] == ["unet_full"]           # the next unit never began
+    r = rows[0]
+    assert r["stopped"] is True and r["iterations_done"] == 5 < 12
+    assert [it for it, _ in r["val_curve"]] == [2, 4]
+    assert "stopped before their budget" in markdown(res) and "at 5 iterations" in markdown(res)
+
+    again = run(run_busi(data, out, cfg, finished_only=True))
+    assert again["rows"][0]["stopped"] is True and again["resumed"]["units"] == 1
+    full = run(run_busi(data, out, cfg, resume=True))
+    done = {r["method"]: r for r in full["rows"]}
+    assert not done["unet_full"].get("stopped") and done["unet_full"]["iterations_done"] == 12
+    assert [it for it, _ in done["mgcc_50"]["val_curve"]] == list(range(2, 13, 2))
+    assert "stopped before" not in markdown(full)

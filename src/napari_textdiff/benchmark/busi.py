@@ -36,6 +36,7 @@ class BusiConfig:
     width: float = 0.125               # MGCC-light / U-Net width (1.0 = published 52 M MGCC)
     batch_labeled: int = 4
     batch_unlabeled: int = 4
+    val_every: int | None = None       # iterations between validations (default: a fifth)
     unet_lr: float = 1e-3
     synthetic: str | None = None       # folder of synthetic images
     ldm: str | None = None             # or: latent diffusion folder to sample them from
@@ -106,7 +107,7 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
     from ..core.metrics import mean_metrics
     from .baselines import SupervisedConfig, UNetConfig, train_mgcc_light, train_unet
     from ..core.evaluation import iter_evaluate
-    from .fewshot import _curve
+    from .fewshot import _curve, _recording_validation
 
     cfg = config or BusiConfig()
     out = Path(out_dir)
@@ -148,7 +149,7 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
                      "near_copies": int(sum(p["near_copy"] for p in payloads))}
         log.extra["synthetic"] = synth_rec
     for i, (seed, method) in enumerate(units):
-        old = log.get(method, seed)
+        old = log.get(method, seed, stopped_ok=finished_only)
         if old is not None:
             yield unit_event(i + 1 + (1 if cfg.ldm else 0), len(units) + (1 if cfg.ldm else 0),
                              f"{method} seed={seed}: iou {old['metrics']['iou']:.3f} (resumed)",
@@ -160,23 +161,24 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
         seed_everything(seed)
         t1 = time.monotonic()
         val_ex = [load(s) for s in val]
+        val_curve: list = []
         if method == "unet_full":
-            model, losses = yield from train_unet(
+            model, losses = yield from _recording_validation(train_unet(
                 [load(s) for s in rest],
                 config=SupervisedConfig(iterations=cfg.iterations, batch_size=cfg.batch_labeled,
                                         lr=cfg.unet_lr, size=cfg.size, seed=seed),
                 net_config=UNetConfig(in_channels=1, width=cfg.width), device=dev, val=val_ex,
-                should_stop=should_stop)
+                val_every=cfg.val_every, should_stop=should_stop), val_curve)
             n_lab, n_unl = len(rest), 0
         else:
             unl_imgs = [load(s).image for s in unl]
             if method == "mgcc_50_synthetic":
                 unl_imgs = unl_imgs + list(synth)
-            model, h = yield from train_mgcc_light(
+            model, h = yield from _recording_validation(train_mgcc_light(
                 [load(s) for s in lab], unl_imgs, val_ex, iterations=cfg.iterations,
                 size=cfg.size, width=cfg.width, in_channels=1, batch_labeled=cfg.batch_labeled,
                 batch_unlabeled=cfg.batch_unlabeled, seed=seed, device=dev,
-                should_stop=should_stop)
+                val_every=cfg.val_every, should_stop=should_stop), val_curve)
             losses = h["loss"]
             n_lab, n_unl = len(lab), len(unl_imgs)
         train_seconds = time.monotonic() - t1
@@ -193,7 +195,9 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
                      "per_image": per, "n_labeled": n_lab, "n_unlabeled": n_unl,
                      "n_val": len(val), "n_test": len(test),
                      "train_seconds": round(train_seconds, 2),
-                     "curve": _curve(losses, "iteration")})
+                     "curve": _curve(losses, "iteration"), "iterations_done": len(losses),
+                     "val_curve": val_curve},
+                stopped=should_stop is not None and should_stop())
         yield unit_event(i + 1 + (1 if cfg.ldm else 0), len(units) + (1 if cfg.ldm else 0),
                          f"{method} seed={seed}: iou {metrics['iou']:.3f}", t0)
         if should_stop is not None and should_stop():

@@ -282,17 +282,25 @@ class UnitLog:
         return tuple(row[k] for k in self.key)
 
     def has(self, *key) -> bool:
-        return tuple(key) in self._rows
-
-    def get(self, *key) -> dict | None:
-        """The earlier row of this unit (counted as reused), or None if it must run."""
         row = self._rows.get(tuple(key))
+        return row is not None and not row.get("stopped")
+
+    def get(self, *key, stopped_ok: bool = False) -> dict | None:
+        """The earlier row of this unit (counted as reused), or None if it must run. A unit
+        stopped before its budget (``stopped``) runs again unless ``stopped_ok`` (reports of
+        what a run finished)."""
+        row = self._rows.get(tuple(key))
+        if row is not None and row.get("stopped") and not stopped_ok:
+            return None
         if row is not None:
             self.reused += 1
         return row
 
-    def add(self, row: dict) -> None:
-        """Record a finished unit and rewrite the partial file (atomically)."""
+    def add(self, row: dict, stopped: bool = False) -> None:
+        """Record a finished unit (``stopped``: cut short by a stop request, which the row
+        then says) and rewrite the partial file (atomically)."""
+        if stopped:
+            row = {**row, "stopped": True}
         self._rows[self._k(row)] = row
         if self.persist:
             self._write()

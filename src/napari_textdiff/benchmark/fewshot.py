@@ -378,7 +378,7 @@ def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
     yield unit_event(0, len(units), "starting", t0)
     try:
         for i, (protocol, k, seed, method) in enumerate(units):
-            row = log.get(method, protocol, k, seed)
+            row = log.get(method, protocol, k, seed, stopped_ok=finished_only)
             if row is None and finished_only:
                 continue
             if row is None:
@@ -392,7 +392,7 @@ def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
                 if row is None:
                     break
                 row = {"method": method, "protocol": protocol, "k": k, **row}
-                log.add(row)
+                log.add(row, stopped=should_stop is not None and should_stop())
             yield unit_event(i + 1, len(units),
                              f"{method} {protocol} K={k} seed={seed}: dice "
                              f"{row['metrics']['dice']:.3f}"

@@ -140,6 +140,14 @@ def _summary_table(res: dict, keys: list[str], settings: list[str]) -> list[str]
     return lines
 
 
+def _shown_path(path) -> str:
+    """A path under the current folder (the repository, for the README) relative to it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (TypeError, ValueError, OSError):
+        return str(path)
+
+
 def _run_lines(res: dict) -> list[str]:
     r = res["run"]
     lines = [f"- command: `{r['command']}`",
@@ -150,7 +158,7 @@ def _run_lines(res: dict) -> list[str]:
     if bb:
         lines.append(f"- TextDiff backbone: {bb['source']}"
                      + (f" ({bb.get('preset')} preset) — {bb['note']}" if bb.get("note") else
-                        f" ({bb.get('path')})"))
+                        f" ({_shown_path(bb.get('path'))})"))
     if res.get("text_encoder"):
         lines.append(f"- text encoder: {res['text_encoder']}")
     cfg = r.get("config") or {}
@@ -168,6 +176,16 @@ def _run_lines(res: dict) -> list[str]:
                         f"read back from `{src}` (`--resume`)" if n_src == 1 else
                         f"were finished by earlier invocations with the same settings, "
                         f"merged from {n_src} output folders (`--resume`/`--merge`)"))
+    stopped = [r for r in res.get("rows", []) if r.get("stopped")]
+    if stopped:
+        def unit(r):
+            return " ".join(f"{k}={r[k]}" for k in ("method", "protocol", "k", "seed") if k in r)
+
+        lines.append(f"- **{len(stopped)} run(s) stopped before their budget** (Ctrl-C or a time "
+                     "limit; scored with their best validated weights, rerun by `--resume`): "
+                     + "; ".join(unit(r) + (f" at {r['iterations_done']} iterations"
+                                            if r.get("iterations_done") else "")
+                                 for r in stopped))
     secs = [r["train_seconds"] for r in res.get("rows", []) if r.get("train_seconds")]
     if secs:
         lines.append(f"- training time summed over the {len(secs)} runs: "

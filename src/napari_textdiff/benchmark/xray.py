@@ -117,7 +117,7 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
     yield unit_event(0, len(units), "starting", t0)
     try:
         for i, (k, k_label, seed, method) in enumerate(units):
-            old = log.get(method, k, seed)
+            old = log.get(method, k, seed, stopped_ok=finished_only)
             if old is not None:
                 yield unit_event(i + 1, len(units), f"{method} K={k} seed={seed}: dice "
                                  f"{old['metrics']['dice']:.3f} (resumed)", t0)
@@ -145,7 +145,8 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
                          "train_images": [e.name for e in train], "metrics": metrics,
                          "per_image": per, "train_seconds": round(train_seconds, 2),
                          "epochs": epochs, "fresh_feature_seconds": fresh,
-                         "curve": _curve(hist["loss"], "epoch")})
+                         "curve": _curve(hist["loss"], "epoch")},
+                    stopped=should_stop is not None and should_stop())
             yield unit_event(i + 1, len(units),
                              f"{method} K={k} seed={seed}: dice {metrics['dice']:.3f}", t0)
             if should_stop is not None and should_stop():

@@ -120,6 +120,9 @@ def register(sub) -> None:
     b.add_argument("--batch-labeled", type=int, default=None, help="labeled images per step")
     b.add_argument("--batch-unlabeled", type=int, default=None,
                    help="unlabeled images per step (MGCC)")
+    b.add_argument("--val-every", type=int, default=None,
+                   help="iterations between validations on the held-out part of the training "
+                        "split (best weights kept; the curve is recorded; default a fifth)")
     b.add_argument("--size", type=int, default=None, help="working size (default 256)")
     b.add_argument("--max-images", type=int, default=None,
                    help="use a seeded stratified subset of the cases (speed)")
@@ -247,6 +250,15 @@ def _resume(args) -> dict:
             "merge_from": args.merge}
 
 
+def _unit_stop():
+    """First Ctrl-C (or ``timeout -s INT``): the unit in training stops at its next step with
+    its best validated weights, is scored and saved marked ``stopped`` (reported as such,
+    retrained by ``--resume``), and the run writes its report; a second Ctrl-C aborts."""
+    from napari_textdiff.cli._common import StopOnCtrlC
+
+    return StopOnCtrlC("the benchmark's current unit (it is scored and saved, marked stopped)")
+
+
 def _monuseg(args) -> int:
     from napari_textdiff.benchmark.fewshot import MonusegConfig, run_monuseg
 
@@ -267,8 +279,9 @@ def _monuseg(args) -> int:
         over["textdiff_overrides"] = key_values(args.textdiff_set, "--textdiff-set")
     cfg = MonusegConfig.quick(**over) if args.quick else MonusegConfig(**over)
     writable_folder(args.out)
-    res = _drive(run_monuseg(args.data, args.out, cfg, argv=_command(args), **_resume(args)),
-                 not args.no_progress)
+    with _unit_stop() as stop:
+        res = _drive(run_monuseg(args.data, args.out, cfg, argv=_command(args),
+                                should_stop=stop, **_resume(args)), not args.no_progress)
     return _finish(res)
 
 
@@ -283,11 +296,12 @@ def _busi(args) -> int:
                              "width": "width", "size": "size", "max_images": "max_images",
                              "batch_labeled": "batch_labeled",
                              "batch_unlabeled": "batch_unlabeled",
-                             "device": "device"})
+                             "val_every": "val_every", "device": "device"})
     cfg = BusiConfig.quick(**over) if args.quick else BusiConfig(**over)
     writable_folder(args.out)
-    res = _drive(run_busi(args.data, args.out, cfg, argv=_command(args), **_resume(args)),
-                 not args.no_progress)
+    with _unit_stop() as stop:
+        res = _drive(run_busi(args.data, args.out, cfg, argv=_command(args),
+                                should_stop=stop, **_resume(args)), not args.no_progress)
     return _finish(res)
 
 
@@ -306,8 +320,9 @@ def _xray(args) -> int:
         over["k"] = [x if x == "all" else int(x) for x in _strs(args.k)]
     cfg = XrayConfig.quick(**over) if args.quick else XrayConfig(**over)
     writable_folder(args.out)
-    res = _drive(run_xray(args.data, args.out, cfg, argv=_command(args), **_resume(args)),
-                 not args.no_progress)
+    with _unit_stop() as stop:
+        res = _drive(run_xray(args.data, args.out, cfg, argv=_command(args),
+                                should_stop=stop, **_resume(args)), not args.no_progress)
     return _finish(res)
 
 
