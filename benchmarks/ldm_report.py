@@ -34,16 +34,28 @@ def _paths(items: list[str]) -> list[str]:
     return out
 
 
-def split(busi: str, out: str, val_fraction: float = 0.2, seed: int = 0) -> dict:
-    """``train.txt`` / ``held_out.txt``: the image files of the MGCC split (same seed/fraction)."""
-    from napari_textdiff.cli.mgcc import split_for_mgcc
-    from napari_textdiff.core.datasets import discover
-
-    lab, unl, val = split_for_mgcc(discover(busi), 1.0, val_fraction, seed)
+def split(busi: str, out: str, val_fraction: float = 0.2, seed: int = 0,
+          which: str = "mgcc") -> dict:
+    """``train.txt`` / ``held_out.txt``: the image files of the MGCC default's split (same
+    seed/fraction), or with ``which="benchmark"`` of ``benchmark busi``'s split (its training
+    part, validation included, and its test part): an LDM whose samples join the benchmark's
+    "+ synthetic" row must never have seen the benchmark's test images."""
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
-    files = {"train": sorted(str(s.image_path) for s in lab + unl),
-             "held_out": sorted(str(s.image_path) for s in val)}
+    if which == "benchmark":
+        from napari_textdiff.benchmark.busi import BusiConfig, split_busi
+        from napari_textdiff.core.datasets import load_busi
+
+        _, _, val, test, rest = split_busi(load_busi(busi), BusiConfig(device="cpu"), 0)
+        files = {"train": sorted(str(s.image_path) for s in rest + val),
+                 "held_out": sorted(str(s.image_path) for s in test)}
+    else:
+        from napari_textdiff.cli.mgcc import split_for_mgcc
+        from napari_textdiff.core.datasets import discover
+
+        lab, unl, val = split_for_mgcc(discover(busi), 1.0, val_fraction, seed)
+        files = {"train": sorted(str(s.image_path) for s in lab + unl),
+                 "held_out": sorted(str(s.image_path) for s in val)}
     for k, v in files.items():
         (o / f"{k}.txt").write_text("\n".join(v) + "\n")
     return {k: len(v) for k, v in files.items()}
@@ -58,14 +70,15 @@ def _as_trained(files: list[str], channels: int, size: int, max_side: int = 2048
     return resize_images(tensors, size)
 
 
-def pack(busi: str, out: str, size: int = 128, channels: int = 1, seed: int = 0) -> dict:
+def pack(busi: str, out: str, size: int = 128, channels: int = 1, seed: int = 0,
+         which: str = "mgcc") -> dict:
     """The split's images resized as ``train_ldm`` resizes them, as PNGs under their own names
     in ``OUT/train`` and ``OUT/held_out``: a few MB that can travel to a GPU machine."""
     import numpy as np
     from PIL import Image
 
     lists = Path(out) / "lists"
-    counts = split(busi, str(lists), seed=seed)
+    counts = split(busi, str(lists), seed=seed, which=which)
     for part in ("train", "held_out"):
         d = Path(out) / part
         d.mkdir(parents=True, exist_ok=True)
@@ -180,6 +193,9 @@ def main(argv=None) -> int:
     k.add_argument("--out", required=True)
     k.add_argument("--size", type=int, default=128)
     k.add_argument("--channels", type=int, default=1)
+    k.add_argument("--split", choices=["mgcc", "benchmark"], default="mgcc",
+                   help="mgcc: the MGCC default's 437 / 109 split; benchmark: `benchmark "
+                        "busi`'s training part / test part (for its + synthetic row)")
     r = sub.add_parser("report", help="memorisation statistics and the sample grid")
     r.add_argument("ldm_dir")
     r.add_argument("--held-out", nargs="+", default=[],
@@ -195,7 +211,7 @@ def main(argv=None) -> int:
     if a.cmd == "split":
         print(json.dumps(split(a.busi, a.out, a.val_fraction, a.seed)))
     elif a.cmd == "pack":
-        print(json.dumps(pack(a.busi, a.out, a.size, a.channels)))
+        print(json.dumps(pack(a.busi, a.out, a.size, a.channels, which=a.split)))
     else:
         print(json.dumps(report(a.ldm_dir, _paths(a.held_out), a.out, a.n, a.steps, a.seed,
                                 a.device), indent=1))

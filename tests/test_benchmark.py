@@ -564,3 +564,27 @@ def test_a_stopped_unit_is_scored_saved_marked_and_rerun_by_resume(tmp_path):
     assert not done["unet_full"].get("stopped") and done["unet_full"]["iterations_done"] == 12
     assert [it for it, _ in done["mgcc_50"]["val_curve"]] == list(range(2, 13, 2))
     assert "stopped before" not in markdown(full)
+
+
+def test_an_ldm_that_saw_test_cases_is_refused_for_the_synthetic_row(tmp_path):
+    """The '+ synthetic' row must not get test images back through the LDM's samples: an LDM
+    trained on any of the benchmark's test cases is refused, naming one and what to do."""
+    from napari_textdiff.benchmark.busi import (BusiConfig, ldm_saw_test_images, run_busi,
+                                                split_busi)
+    from napari_textdiff.core.datasets import load_busi
+    from napari_textdiff.core.progress import run
+
+    data = make_busi(tmp_path / "busi")
+    cfg = BusiConfig.quick(methods=["mgcc_50_synthetic"], size=32, device="cpu",
+                           ldm=str(tmp_path / "ldm"))
+    _, _, val, test, rest = split_busi(load_busi(data), cfg, 0)
+    (tmp_path / "ldm").mkdir()
+    meta = tmp_path / "ldm" / "ldm.json"
+    meta.write_text(json.dumps({"image_names": [s.image_path.name for s in rest + val]}))
+    assert ldm_saw_test_images(tmp_path / "ldm", test) == []
+    meta.write_text(json.dumps({"image_names": [s.image_path.name for s in rest]
+                                + [test[1].image_path.name]}))
+    assert ldm_saw_test_images(tmp_path / "ldm", test) == [test[1].name]
+    with pytest.raises(ValueError, match=r"trained on 1 of this benchmark's \d+ test cases "
+                                         r".*--split benchmark"):
+        run(run_busi(data, tmp_path / "out", cfg, write=False))

@@ -77,6 +77,24 @@ def split_busi(samples, cfg: BusiConfig, seed: int):
     return lab, unl, val, test, rest
 
 
+def ldm_saw_test_images(ldm_dir, test) -> list[str]:
+    """Test cases among the images the latent diffusion model in ``ldm_dir`` was trained on
+    (its ``ldm.json`` names them): its samples would carry them into the "+ synthetic" row."""
+    import json
+
+    from ..core.diffusion.ldm import LDM_META
+
+    meta_path = Path(ldm_dir) / LDM_META
+    try:
+        names = json.loads(meta_path.read_text()).get("image_names") or []
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--ldm {ldm_dir}: cannot read {meta_path.name} ({e}); is it a "
+                         "folder written by train-ldm?") from e
+    known = {Path(n).name for n in names} | {Path(n).stem for n in names}
+    return sorted(s.name for s in test
+                  if Path(s.image_path).name in known or Path(s.image_path).stem in known)
+
+
 def _synthetic_images(cfg: BusiConfig, device):
     """Gray float32 arrays from ``cfg.synthetic`` or sampled from ``cfg.ldm``; (list, record)."""
     from ..core.io import is_image_file, load_image
@@ -125,6 +143,17 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
             cache[s.name] = s.load(channels=1)
         return cache[s.name]
 
+    if cfg.ldm and "mgcc_50_synthetic" in cfg.methods and not finished_only:
+        test_cases = split_busi(samples, cfg, cfg.seeds[0])[3]     # the same for every seed
+        seen = ldm_saw_test_images(cfg.ldm, test_cases)
+        if seen:
+            raise ValueError(
+                f"--ldm {cfg.ldm}: the latent diffusion model was trained on {len(seen)} of "
+                f"this benchmark's {len(test_cases)} test cases (e.g. {seen[0]}), so its "
+                "samples would carry test images into the '+ synthetic' row. Train one on "
+                "the benchmark's training part (python benchmarks/ldm_report.py pack --split "
+                "benchmark --busi DATA --out DIR, then napari-textdiff train-ldm DIR/train), "
+                "or pass --synthetic with images made without the test cases.")
     synth, synth_rec = _synthetic_images(cfg, dev)
     methods = list(cfg.methods)
     if "mgcc_50_synthetic" in methods and synth is None and not cfg.ldm:
