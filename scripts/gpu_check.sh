@@ -145,13 +145,15 @@ TS=$(date +%s)   # budget starts after the set-up
 if [ "${1:-}" = ldm ]; then
   L=${GPU_LDM_OUT:-runs/ldm_gpu}; DATA=${GPU_LDM_DATA:-runs/ldm_data}
   if [ ! -d "$DATA/train" ] && [ -d "${GPU_LDM_BUSI:-}" ]; then   # pack it here from a BUSI folder
-    "$PY" benchmarks/ldm_report.py pack --busi "$GPU_LDM_BUSI" --out "$DATA" | tail -n 2 || exit 2
+    "$PY" benchmarks/ldm_report.py pack --busi "$GPU_LDM_BUSI" --out "$DATA" \
+      --split "${GPU_LDM_SPLIT:-mgcc}" | tail -n 2 || exit 2
   fi
   [ -d "$DATA/train" ] || { log "no $DATA/train: run benchmarks/ldm_report.py pack first"; exit 2; }
   log "train-ldm on $DATA/train for at most ${GPU_LDM_SECONDS:-390}s"
   timeout -s INT --kill-after=60 "${GPU_LDM_SECONDS:-390}" "${CLI[@]}" train-ldm "$DATA/train" \
     --channels 1 --preset "${GPU_LDM_PRESET:-small}" --vae-steps "${VAE_STEPS:-3000}" \
     --unet-steps "${LDM_STEPS:-10000}" --checkpoint-every "${GPU_LDM_CHECKPOINT:-500}" \
+    --unet-batch "${GPU_LDM_UNET_BATCH:-32}" \
     --device "$DEV" --out "$L"
   log "train-ldm exit $? (130: stopped by the time limit, state saved)"
   timeout --kill-after=10 "${GPU_LDM_REPORT_SECONDS:-150}" "$PY" benchmarks/ldm_report.py report "$L" \
@@ -186,6 +188,41 @@ if [ "${1:-}" = mgcc ]; then
   wait
   log "mgcc runs done"; tail -n 2 "$O"/*.log
   exit 0
+fi
+# --- `gpu_check.sh busi`: `benchmark busi` at GPU budgets, every unit side by side (issue 17) --
+# HERE first: prepare, and `python scripts/pack_busi.py ../shared/data/busi runs/busi128 --size
+# 128` (scores are then at 128²; say so where they are quoted). Each (method, seed) unit is its
+# own `benchmark busi` process: these small models are launch-bound on a big GPU, so side by
+# side beats one after another. All get SIGINT after GPU_BUSI_SECONDS: a unit still training
+# stops with its best validated weights and is saved marked stopped (its validation curve
+# shows how far it got); then one merged report in $O/all. Later `benchmark busi --merge`
+# joins the units of several calls (same settings). The + synthetic row samples from
+# GPU_BUSI_LDM, which must be trained without the benchmark's test cases (`ldm_report.py pack
+# --split benchmark`; the benchmark refuses any other); without GPU_BUSI_LDM it is skipped.
+if [ "${1:-}" = busi ]; then
+  D=${GPU_BUSI_DATA:-runs/busi128}; O=${GPU_BUSI_OUT:-runs/busi_gpu}
+  [ -d "$D/benign" ] || { log "no $D/benign: run scripts/pack_busi.py first"; exit 2; }
+  mkdir -p "$O/units"
+  METHODS=${GPU_BUSI_METHODS:-mgcc_50 unet_full}; LDM=()
+  if [ -n "${GPU_BUSI_LDM:-}" ]; then LDM=(--ldm "$GPU_BUSI_LDM")
+    case " $METHODS " in *" mgcc_50_synthetic "*) ;; *) METHODS="$METHODS mgcc_50_synthetic" ;; esac
+  else METHODS=${METHODS//mgcc_50_synthetic/}; fi
+  SEEDS=${GPU_BUSI_SEEDS:-0 1 2}
+  COMMON=(--data "$D" --size 128 --width "${GPU_BUSI_WIDTH:-0.25}" --iterations "${GPU_BUSI_ITERS:-6000}"
+          --batch-labeled "${GPU_BUSI_BATCH:-8}" --batch-unlabeled "${GPU_BUSI_BATCH:-8}"
+          --val-every "${GPU_BUSI_VAL_EVERY:-200}" "${LDM[@]}" --device "$DEV" --threads 2 --no-progress)
+  for m in $METHODS; do for s in $SEEDS; do
+    log "busi unit $m seed $s for at most ${GPU_BUSI_SECONDS:-480}s"
+    timeout -s INT --kill-after=90 "${GPU_BUSI_SECONDS:-480}" "${CLI[@]}" benchmark busi "${COMMON[@]}" \
+      --methods "$m" --seeds "$s" --out "$O/units/${m}_s$s" > "$O/units/${m}_s$s.log" 2>&1 &
+  done; done
+  wait
+  log "busi units done; merging"
+  SEEDLIST=$(echo $SEEDS | tr ' ' ','); MLIST=$(echo $METHODS | tr ' ' ',')
+  "${CLI[@]}" benchmark busi "${COMMON[@]}" --methods "$MLIST" --seeds "$SEEDLIST" --finished-only \
+    --merge "$(ls -d "$O"/units/*/ | paste -sd,)" --out "$O/all" > "$O/merge.log" 2>&1
+  rc=$?; tail -n 25 "$O/all/busi.md" 2>/dev/null || tail -n 20 "$O/merge.log"
+  exit $rc
 fi
 step() {  # step NAME SECONDS CMD...: run with a time limit, keep its JSON line in $WORK/NAME.json
   local name=$1 secs=$(( $2 * SLOW )); shift 2
