@@ -155,6 +155,8 @@ def main(argv=None) -> int:
     ft.resegment.setChecked(False)
     ft.start()
     print("fine-tune:", ft.status.text(), ft.last_error or "", flush=True)
+    settle()
+    ft.scroll.ensureWidgetVisible(ft.revert_button)   # as a person scrolls to the loss plot
     shot("finetune.png")
 
     if not args.skip_synthetic:

@@ -2,25 +2,68 @@
 
 Why: napari lets a dock shrink to 50 px, below what a panel's rows need, and a squeezed Qt
 layout draws its rows over each other (the fine-tune status over the loss plot with two docks
-on a 1440×900 screen). Scrolled, every row keeps its height.
+on a 1440×900 screen). Scrolled, every row keeps its height. The scroll area asks for the
+rows' own size and width, so docks are as wide and, where the screen allows, as tall as
+before; only the height may shrink (then it scrolls, vertically only).
 """
 from __future__ import annotations
 
+from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
-__all__ = ["scrolling_layout"]
+__all__ = ["scrolling_layout", "PanelScroll"]
+
+#: the height a panel asks to keep when docks share a column (then it scrolls): napari gives a
+#: newly docked panel little more than this, so it is not a few rows; a smaller screen still
+#: squeezes the scroll area below it, which then only shows less
+MIN_VISIBLE_HEIGHT = 400
+
+
+class PanelScroll(QScrollArea):
+    """Vertical scrolling that reports the rows' size hints (a plain QScrollArea asks for a
+    fixed ~400 px box and lets the dock shrink below the rows' width)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+
+    def setWidget(self, widget: QWidget) -> None:  # noqa: N802 - Qt API
+        super().setWidget(widget)
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+        # rows added, shown or hidden: the hints below change, so tell the dock's layout
+        if obj is self.widget() and event.type() == QEvent.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(obj, event)
+
+    def _bar(self) -> int:
+        return self.verticalScrollBar().sizeHint().width()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        w = self.widget()
+        if w is None:
+            return super().sizeHint()
+        s = w.sizeHint()
+        return QSize(s.width() + self._bar(), s.height())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        w = self.widget()
+        if w is None:
+            return super().minimumSizeHint()
+        m = w.minimumSizeHint()
+        return QSize(m.width() + self._bar(), min(m.height(), MIN_VISIBLE_HEIGHT))
 
 
 def scrolling_layout(panel: QWidget) -> QVBoxLayout:
     """The layout to put ``panel``'s rows in (``panel.scroll`` is the scroll area)."""
     outer = QVBoxLayout(panel)
     outer.setContentsMargins(0, 0, 0, 0)
-    scroll = QScrollArea()
-    scroll.setWidgetResizable(True)
-    scroll.setFrameShape(QFrame.NoFrame)
+    scroll = PanelScroll()
     inner = QWidget()
     scroll.setWidget(inner)
     outer.addWidget(scroll)
     panel.scroll = scroll
-    panel.setMinimumHeight(0)
     return QVBoxLayout(inner)
