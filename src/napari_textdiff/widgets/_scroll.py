@@ -3,8 +3,8 @@
 Why: napari lets a dock shrink to 50 px, below what a panel's rows need, and a squeezed Qt
 layout draws its rows over each other (the fine-tune status over the loss plot with two docks
 on a 1440×900 screen). Scrolled, every row keeps its height. The scroll area asks for the
-rows' own size and width, so docks are as wide and, where the screen allows, as tall as
-before; only the height may shrink (then it scrolls, vertically only).
+rows' own sizes, so docks are as wide and, where the screen allows, as tall as before; a
+squeezed dock scrolls (vertically only) instead.
 """
 from __future__ import annotations
 
@@ -12,11 +12,6 @@ from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 __all__ = ["scrolling_layout", "PanelScroll"]
-
-#: the height a panel asks to keep when docks share a column (then it scrolls): napari gives a
-#: newly docked panel little more than this, so it is not a few rows; a smaller screen still
-#: squeezes the scroll area below it, which then only shows less
-MIN_VISIBLE_HEIGHT = 400
 
 
 class PanelScroll(QScrollArea):
@@ -54,7 +49,10 @@ class PanelScroll(QScrollArea):
         if w is None:
             return super().minimumSizeHint()
         m = w.minimumSizeHint()
-        return QSize(m.width() + self._bar(), min(m.height(), MIN_VISIBLE_HEIGHT))
+        # the rows' own minimum: docks get it where the window allows; napari lets a dock be
+        # squeezed below it (to 50 px), and then this area scrolls instead of the rows
+        # overlapping
+        return QSize(m.width() + self._bar(), m.height())
 
 
 def scrolling_layout(panel: QWidget) -> QVBoxLayout:
