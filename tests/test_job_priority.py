@@ -41,3 +41,22 @@ def test_zero_niceness_changes_nothing():
     assert _session.lower_this_thread_priority(0) is False
     if before is not None:
         assert _nice(threading.get_native_id()) == before
+
+
+def test_jobs_wait_for_the_warm_up_imports_however_long_they_take(monkeypatch):
+    """A job never imports diffusers beside the warm-up thread (its lazy modules are not
+    thread-safe): it waits for the warm-up to end, with no time limit by default."""
+    import threading
+    import time
+
+    from napari_textdiff.widgets import _session
+
+    warm, started = threading.Event(), threading.Lock()
+    monkeypatch.setattr(_session, "_WARM", warm)
+    monkeypatch.setattr(_session, "_WARM_STARTED", started)
+    _session.wait_warm()                                  # never started: returns at once
+    started.acquire()
+    threading.Timer(0.5, warm.set).start()               # a slow warm-up
+    t0 = time.monotonic()
+    _session.wait_warm()
+    assert warm.is_set() and time.monotonic() - t0 >= 0.45

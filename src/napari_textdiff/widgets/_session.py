@@ -88,8 +88,12 @@ def lower_this_thread_priority(niceness: int | None = None) -> bool:
         return False
 
 
-def wait_warm(timeout: float = 120.0) -> None:
-    """In a worker thread: wait until the warm-up imports are done (no-op if never started)."""
+def wait_warm(timeout: float | None = None) -> None:
+    """In a worker thread: wait until the warm-up imports are done (no-op if never started).
+
+    No time limit by default: on a loaded machine the imports took over 2 minutes, and a job
+    that stopped waiting then imported diffusers beside the warm-up and failed ("cannot import
+    name 'DDPMScheduler'"). The warm-up always ends (its ``finally`` sets the event)."""
     if _WARM_STARTED.locked():
         _WARM.wait(timeout)
 
