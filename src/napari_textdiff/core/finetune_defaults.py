@@ -35,8 +35,11 @@ MGCC_PART_DEFAULTS: dict[str, dict] = {
 
 def finetune_defaults(kind: str | None, part: str | None = None) -> dict:
     """The defaults of model kind ``kind`` (TextDiff's for an unknown kind); for MGCC,
-    ``part`` ("output" or "norm") picks the weights to train and their epochs / lr."""
+    ``part`` ("output" or "norm") picks the weights to train and their epochs / lr, and
+    "auto" leaves epochs / lr to the part the fine-tune then chooses (None here)."""
     d = dict(FINETUNE_DEFAULTS.get(kind or "", FINETUNE_DEFAULTS["textdiff"]))
-    if kind == "mgcc" and part is not None:
+    if kind == "mgcc" and part == "auto":
+        d.update(train="auto", epochs=None, lr=None)
+    elif kind == "mgcc" and part is not None:
         d.update(MGCC_PART_DEFAULTS[part])
     return d

@@ -26,8 +26,10 @@ from ._runner import JobWidget, start_segmentation
 
 __all__ = ["FinetuneWidget"]
 
-#: the MGCC "Adapt" choices: (label, part of core.finetune_defaults.MGCC_PART_DEFAULTS)
-ADAPT_CHOICES = (("to my corrections (output layer)", "output"),
+#: the MGCC "Adapt" choices: (label, part of core.finetune_defaults.MGCC_PART_DEFAULTS, or
+#: "auto": chosen from the corrected images' BatchNorm statistics, core/mgcc/shift.py)
+ADAPT_CHOICES = (("automatically (from how the images compare with the model's)", "auto"),
+                 ("to my corrections (output layer)", "output"),
                  ("to a new scanner or setting (normalisation layers)", "norm"))
 
 #: README "Does fine-tuning pay?": leave-one-organ-out on MoNuSeg, one corrected image lost up
@@ -42,18 +44,23 @@ class FinetuneWidget(JobWidget):
         self.pairs = QListWidget()
         self.pairs.setMinimumHeight(80)
         self.refresh_button = QPushButton("Refresh list")
+        # 0 shows "auto": the value of the part an automatic Adapt chooses (or the library's)
         self.epochs = QSpinBox()
-        self.epochs.setRange(1, 1000)
+        self.epochs.setRange(0, 1000)
+        self.epochs.setSpecialValueText("auto")
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(6)
-        self.lr.setRange(1e-6, 1.0)
+        self.lr.setRange(0.0, 1.0)
+        self.lr.setSpecialValueText("auto")
         self.lr.setSingleStep(1e-4)
         self.adapt = QComboBox()
         for label, part in ADAPT_CHOICES:
             self.adapt.addItem(label, part)
         self.adapt.setToolTip("MGCC: what the fine-tune trains. Images from another scanner or "
-                              "setting: the normalisation layers (on BUSI +10 Dice from 10 "
-                              "cases); images like the model's own: the output layer only")
+                              "setting: the normalisation layers (on BUSI +6 to +14 Dice from "
+                              "10 cases); images like the model's own: the output layer only. "
+                              "Automatically: the first when the corrected images' statistics "
+                              "inside the network differ from its training images'")
         self.adapt_label = QLabel("Adapt")
         self._defaults_kind = None
         self._apply_library_defaults()
@@ -127,8 +134,8 @@ class FinetuneWidget(JobWidget):
             return
         self._defaults_kind = kind
         d = finetune_defaults(kind, self._part(kind))
-        self.epochs.setValue(int(d["epochs"]))
-        self.lr.setValue(float(d["lr"]))
+        self.epochs.setValue(int(d["epochs"] or 0))         # None -> 0, shown as "auto"
+        self.lr.setValue(float(d["lr"] or 0.0))
 
     def _current_kind(self) -> str | None:
         from ..core.defaults import model_kind
@@ -201,7 +208,7 @@ class FinetuneWidget(JobWidget):
             pairs.append((n, np.asarray(img.data).copy(), np.asarray(lab.data).copy(),
                           _layers.description_of(img)))
         trained = {p[0] for p in pairs}
-        epochs, lr, session = self.epochs.value(), self.lr.value(), self.session
+        epochs, lr, session = self.epochs.value() or None, self.lr.value() or None, self.session
         part = self._part(self._current_kind())
         extra = {"train": part} if part is not None else {}
         self.plot.clear()
@@ -210,7 +217,8 @@ class FinetuneWidget(JobWidget):
 
         def on_event(ev):
             if ev.stage == "finetune" and ev.loss is None and ev.message and not ev.step:
-                state["note"] = ev.message          # e.g. masks left out: shown at the end too
+                # masks left out, the part an automatic Adapt chose: shown at the end too
+                state["note"] = "; ".join(filter(None, (state.get("note"), ev.message)))
             self.show_progress(self.progress, ev)
             if ev.loss is not None:
                 self._n += 1

@@ -198,7 +198,32 @@ class MGCCModel:
 
         if device is not None:
             self.to(device)
+        from ..finetune_defaults import FINETUNE_DEFAULTS, MGCC_PART_DEFAULTS
+
+        kw = {k: v for k, v in kw.items() if v is not None}     # None: the library's value
+        if kw.get("train", FINETUNE_DEFAULTS["mgcc"]["train"]) == "auto":
+            kw["train"] = yield from self._choose_part(examples)
+        # a part with its own epochs / lr (norm) uses them unless they are given
+        kw = {**MGCC_PART_DEFAULTS.get(kw.get("train", ""), {}), **kw}
         return (yield from finetune_model(self, examples, should_stop=should_stop, **kw))
+
+    def _choose_part(self, examples: Sequence):
+        """``train="auto"``: "norm" when the corrected images' BatchNorm statistics are far
+        from the training ones (another scanner or setting), else "output" (``shift.py``)."""
+        from ..progress import Progress
+        from .shift import SHIFT_THRESHOLD, batchnorm_shift
+
+        score = batchnorm_shift(self, [ex.image for ex in examples])
+        part = "norm" if score > SHIFT_THRESHOLD else "output"
+        why = ("unlike the model's training images" if part == "norm" else
+               "like the model's training images")
+        yield Progress("finetune", step=0, elapsed=0.0, message=(
+            f"the corrected images look {why} (BatchNorm shift {score:.3f}, threshold "
+            f"{SHIFT_THRESHOLD}): training the "
+            + ("normalisation layers and the output layer" if part == "norm"
+               else "output layer")))
+        self.meta["last_finetune"] = {"part": part, "shift": round(score, 4)}
+        return part
 
     # ------------------------------------------------------------------ persistence
     def save(self, path, dtype=None, meta: dict | None = None):
