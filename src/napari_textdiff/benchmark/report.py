@@ -277,7 +277,9 @@ def plot_metric_vs_k(res: dict, metric: str, path) -> Path | None:
 
 
 def plot_learning_curves(res: dict, path) -> Path | None:
-    """Training loss per method (first seed; one line per K / setting)."""
+    """Training loss per method (first seed; one line per K / setting) and, where the rows
+    carry one, the validation IoU of every seed (dashed, right axis): where it flattens is
+    what says a budget was enough."""
     plt = _plt()
     rows = [r for r in res["rows"] if r.get("curve") and r["curve"]["loss"]]
     if not rows:
@@ -297,7 +299,16 @@ def plot_learning_curves(res: dict, path) -> Path | None:
                       rows[0]["curve"]["unit"] for r in rows if r["method"] == m) else "step")
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper left")
+        vals = [r for r in res["rows"] if r["method"] == m and r.get("val_curve")]
+        if vals:
+            ax2 = ax.twinx()
+            for r in vals:
+                it, v = zip(*r["val_curve"])
+                ax2.plot(it, v, "--", lw=1, label=f"val IoU, seed {r['seed']}"
+                         + (f" K={r['k']}" if "k" in r else ""))
+            ax2.set_ylabel("validation IoU (dashed)")
+            ax2.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
