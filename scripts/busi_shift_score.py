@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="../shared/data/busi")
     p.add_argument("--n-ft", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    p.add_argument("--shifts", nargs="+", default=None, metavar="GAMMA,GAIN",
+                   help="gain curves to score (default: no change and six changes)")
     p.add_argument("--out", default=None, help="write the JSON summary here")
     a = p.parse_args(argv)
 
@@ -38,6 +40,8 @@ def main(argv=None) -> int:
     from napari_textdiff.core.mgcc.shift import batchnorm_shift
 
     torch.set_num_threads(1)
+    shifts = ([tuple(float(v) for v in x.split(",")) for x in a.shifts] if a.shifts
+              else SHIFTS)
     model = MGCCModel.load(a.model, device="cpu")
     names = set(model.meta.get("validation") or [])
     samples = sorted((s for s in discover(a.data) if s.name in names), key=lambda s: s.name)
@@ -45,7 +49,7 @@ def main(argv=None) -> int:
     for seed in a.seeds:
         ft, _ = _draw(samples, a.n_ft, 0, seed)
         base = [s.load(channels=model.channels) for s in ft]
-        for gamma, gain in SHIFTS:
+        for gamma, gain in shifts:
             imgs = [np.asarray(_shift(ex, gamma, gain).image) for ex in base]
             v = batchnorm_shift(model, imgs)
             scores.setdefault(f"gamma {gamma} gain {gain}", []).append(round(v, 5))

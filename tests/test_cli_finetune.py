@@ -110,6 +110,20 @@ def test_finetune_part_norm_trains_the_batchnorm_scales_not_the_kernels(tiny_mgc
     assert all(torch.allclose(a[f"{n}.weight"], b[f"{n}.weight"]) for n in convs)
 
 
+def test_finetune_part_auto_decides_from_the_images_and_records_it(tiny_mgcc_path, tmp_path,
+                                                                  capsys):
+    """`--part auto`: the model's BatchNorm statistics choose the part; the file records which
+    one and the score, and the printed settings leave epochs / lr to that choice."""
+    data = _saved_labels_folder(tmp_path / "corrected")
+    out = tmp_path / "auto.safetensors"
+    assert main(["finetune", str(tiny_mgcc_path), str(data), "--out", str(out), "--part", "auto",
+                 "--epochs", "1", "--device", "cpu"]) == 0
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    assert settings["train"] == "auto" and settings["epochs"] == 1 and settings["lr"] is None
+    last = load_model(out, device="cpu").meta["last_finetune"]
+    assert last["part"] in ("output", "norm") and last["shift"] >= 0
+
+
 def test_finetune_part_is_refused_for_textdiff(tiny_textdiff_path, tmp_path, capsys):
     ds = write_folder_dataset(tmp_path / "ds", shapes_set(1, seed=3))
     assert main(["finetune", str(tiny_textdiff_path), str(ds), "--out",

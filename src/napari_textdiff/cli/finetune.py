@@ -27,12 +27,15 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=None,
                    help="default: the library's fine-tune default for the model's kind")
     p.add_argument("--lr", type=float, default=None, help="default: as --epochs")
-    p.add_argument("--part", default=None, choices=("output", "norm", "head", "decoder", "all"),
+    p.add_argument("--part", default=None,
+                   choices=("output", "norm", "auto", "head", "decoder", "all"),
                    help="MGCC only: the weights to train (default output: the 1x1 output layer). "
                         "norm: every BatchNorm scale and shift + the output layer, for images "
                         "from another scanner or setting, with its own defaults (Adam 2e-3 x 20 "
                         "epochs; BUSI under a contrast change: +10.0 Dice from 10 cases, but "
-                        "-4.5 on images like the training ones)")
+                        "-4.5 on images like the training ones). auto (experimental): norm when "
+                        "the images' BatchNorm statistics differ from the training ones, else "
+                        "output")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     from napari_textdiff.cli._common import add_model_location_args
 
@@ -73,7 +76,8 @@ def _run(args) -> int:
                   f"{' ...' if len(bare) > 3 else ''}); this model reads the text",
                   file=sys.stderr)
     examples = [s.load(channels=model.channels) for s in samples]
-    part = args.part if args.part in MGCC_PART_DEFAULTS else None   # those with own defaults
+    part = (args.part if args.part in MGCC_PART_DEFAULTS or args.part == "auto"
+            else None)                     # those with own defaults (auto: the chosen part's)
     settings = {**finetune_defaults(model.kind, part), **given}
     print(f"fine-tuning {args.model} ({model.kind}) on {len(examples)} image(s): "
           f"{', '.join(f'{k} {v}' for k, v in settings.items())}", file=sys.stderr)

@@ -28,9 +28,9 @@ __all__ = ["FinetuneWidget"]
 
 #: the MGCC "Adapt" choices: (label, part of core.finetune_defaults.MGCC_PART_DEFAULTS, or
 #: "auto": chosen from the corrected images' BatchNorm statistics, core/mgcc/shift.py)
-ADAPT_CHOICES = (("automatically (from how the images compare with the model's)", "auto"),
-                 ("to my corrections (output layer)", "output"),
-                 ("to a new scanner or setting (normalisation layers)", "norm"))
+ADAPT_CHOICES = (("to my corrections (output layer)", "output"),
+                 ("to a new scanner or setting (normalisation layers)", "norm"),
+                 ("automatically (experimental: from the network's statistics)", "auto"))
 
 #: README "Does fine-tuning pay?": leave-one-organ-out on MoNuSeg, one corrected image lost up
 #: to 14 points on the organ's other images in one draw, two gained in every shifted draw
