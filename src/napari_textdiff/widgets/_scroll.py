@@ -34,25 +34,24 @@ class PanelScroll(QScrollArea):
             self.updateGeometry()
         return super().eventFilter(obj, event)
 
-    def _bar(self) -> int:
-        return self.verticalScrollBar().sizeHint().width()
+    def _rows_plus_bar(self, hint: str) -> QSize | None:
+        """The rows' ``sizeHint`` or ``minimumSizeHint`` widened by the vertical scroll bar."""
+        w = self.widget()
+        if w is None:
+            return None
+        s = getattr(w, hint)()
+        return QSize(s.width() + self.verticalScrollBar().sizeHint().width(), s.height())
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
-        w = self.widget()
-        if w is None:
-            return super().sizeHint()
-        s = w.sizeHint()
-        return QSize(s.width() + self._bar(), s.height())
+        s = self._rows_plus_bar("sizeHint")
+        return super().sizeHint() if s is None else s
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
-        w = self.widget()
-        if w is None:
-            return super().minimumSizeHint()
-        m = w.minimumSizeHint()
         # the rows' own minimum: docks get it where the window allows; napari lets a dock be
         # squeezed below it (to 50 px), and then this area scrolls instead of the rows
         # overlapping
-        return QSize(m.width() + self._bar(), m.height())
+        s = self._rows_plus_bar("minimumSizeHint")
+        return super().minimumSizeHint() if s is None else s
 
 
 def scrolling_layout(panel: QWidget) -> QVBoxLayout:

@@ -26,20 +26,18 @@ __all__ = ["batchnorm_shift", "SHIFT_THRESHOLD"]
 SHIFT_THRESHOLD = 0.05
 
 
-def batchnorm_shift(model, images: Sequence[np.ndarray], first: int | None = None,
-                    per_layer: bool = False):
+def batchnorm_shift(model, images: Sequence[np.ndarray]) -> float:
     """The images' distance from the model's training statistics (see the module docstring).
 
-    ``images`` are float arrays as ``MGCCModel`` takes them (H, W[, C], values in [0, 1]);
-    ``first``: only the first N BatchNorm layers (network order); ``per_layer``: the list.
+    ``images`` are float arrays as ``MGCCModel`` takes them (H, W[, C], values in [0, 1]).
     """
     from .preprocess import image_tensor, normalize_input
 
     net = model.net
     layers = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)
-              and m.running_mean is not None][:first]
+              and m.running_mean is not None]
     if not layers or not len(images):
-        return [] if per_layer else 0.0
+        return 0.0
     sums: dict[int, list] = {}
 
     def hook(mod, inp, _out):
@@ -70,4 +68,4 @@ def batchnorm_shift(model, images: Sequence[np.ndarray], first: int | None = Non
         mu_r, var_r = m.running_mean.float(), m.running_var.float().clamp_min(1e-6)
         kl = 0.5 * (torch.log(var_r / var) + (var + (mu - mu_r) ** 2) / var_r - 1)
         kls.append(float(kl.mean()))
-    return kls if per_layer else float(np.mean(kls))
+    return float(np.mean(kls))
