@@ -199,18 +199,23 @@ fi
 # joins the units of several calls (same settings). The + synthetic row samples from
 # GPU_BUSI_LDM, which must be trained without the benchmark's test cases (`ldm_report.py pack
 # --split benchmark`; the benchmark refuses any other); without GPU_BUSI_LDM it is skipped.
+# Each unit runs torch with GPU_BUSI_THREADS (default 2) threads: a CPU dry run with all units
+# side by side needs 1 (two units at 2 threads each, beside the LDM job and two training jobs
+# on 2 cores, did not finish 6 iterations in 400 s; one unit alone takes 20 s).
 if [ "${1:-}" = busi ]; then
   D=${GPU_BUSI_DATA:-runs/busi128}; O=${GPU_BUSI_OUT:-runs/busi_gpu}
   [ -d "$D/benign" ] || { log "no $D/benign: run scripts/pack_busi.py first"; exit 2; }
   mkdir -p "$O/units"
   METHODS=${GPU_BUSI_METHODS:-mgcc_50 unet_full}; LDM=()
-  if [ -n "${GPU_BUSI_LDM:-}" ]; then LDM=(--ldm "$GPU_BUSI_LDM")
+  if [ -n "${GPU_BUSI_LDM:-}" ]; then LDM=(--ldm "$GPU_BUSI_LDM"   # 725 images, 50 DDIM steps unless set
+      ${GPU_BUSI_N_SYNTHETIC:+--n-synthetic "$GPU_BUSI_N_SYNTHETIC"}
+      ${GPU_BUSI_LDM_STEPS:+--ldm-steps "$GPU_BUSI_LDM_STEPS"})
     case " $METHODS " in *" mgcc_50_synthetic "*) ;; *) METHODS="$METHODS mgcc_50_synthetic" ;; esac
   else METHODS=${METHODS//mgcc_50_synthetic/}; fi
   SEEDS=${GPU_BUSI_SEEDS:-0 1 2}
   COMMON=(--data "$D" --size 128 --width "${GPU_BUSI_WIDTH:-0.25}" --iterations "${GPU_BUSI_ITERS:-6000}"
           --batch-labeled "${GPU_BUSI_BATCH:-8}" --batch-unlabeled "${GPU_BUSI_BATCH:-8}"
-          --val-every "${GPU_BUSI_VAL_EVERY:-200}" "${LDM[@]}" --device "$DEV" --threads 2 --no-progress)
+          --val-every "${GPU_BUSI_VAL_EVERY:-200}" "${LDM[@]}" --device "$DEV" --threads "${GPU_BUSI_THREADS:-2}" --no-progress)
   for m in $METHODS; do for s in $SEEDS; do
     log "busi unit $m seed $s for at most ${GPU_BUSI_SECONDS:-480}s"
     timeout -s INT --kill-after=90 "${GPU_BUSI_SECONDS:-480}" "${CLI[@]}" benchmark busi "${COMMON[@]}" \
@@ -218,7 +223,11 @@ if [ "${1:-}" = busi ]; then
   done; done
   wait
   log "busi units done; merging"
-  SEEDLIST=$(echo $SEEDS | tr ' ' ','); MLIST=$(echo $METHODS | tr ' ' ',')
+  # every unit so far, this call's and earlier calls' (units without synthetic images merge
+  # with a "+ synthetic" unit: the LDM settings change only that row)
+  UNITS=$(ls -d "$O"/units/*/ | xargs -n1 basename)
+  SEEDLIST=$(echo "$UNITS" | sed 's/.*_s//' | sort -un | paste -sd,)
+  MLIST=$(echo "$UNITS" | sed 's/_s[0-9]*$//' | sort -u | paste -sd,)
   "${CLI[@]}" benchmark busi "${COMMON[@]}" --methods "$MLIST" --seeds "$SEEDLIST" --finished-only \
     --merge "$(ls -d "$O"/units/*/ | paste -sd,)" --out "$O/all" > "$O/merge.log" 2>&1
   rc=$?; tail -n 25 "$O/all/busi.md" 2>/dev/null || tail -n 20 "$O/merge.log"

@@ -16,7 +16,15 @@
 # `benchmark busi --merge`.
 # The trainings share the GPU and the CPU with the check, so the check's speed numbers are
 # those of a busy machine (say so wherever they are quoted).
-# GPU_SESSION_CHECK=0 skips the check (CPU dry run: GPU_CHECK_DEVICE=cpu and tiny budgets).
+# GPU_SESSION_CHECK=0 skips the check. CPU dry run of both calls (session 13: 276 s and 67 s,
+# every file packed, the second call's merge reports all three rows):
+#   GPU_SESSION_CHECK=0 GPU_CHECK_DEVICE=cpu OMP_NUM_THREADS=1 GPU_BUSI_THREADS=1
+#   GPU_SESSION_SECONDS=560 GPU_LDM_SECONDS=300 GPU_LDM_REPORT_SECONDS=200 VAE_STEPS=4
+#   LDM_STEPS=4 GPU_LDM_UNET_BATCH=4 GPU_LDM_SAMPLES=4 GPU_LDM_CHECKPOINT=2 GPU_BUSI_SECONDS=400
+#   GPU_BUSI_ITERS=6 GPU_BUSI_SEEDS=0 GPU_BUSI_BATCH=2 GPU_BUSI_WIDTH=0.125 GPU_BUSI_VAL_EVERY=3
+#   OUT=/tmp/o bash scripts/gpu_session.sh
+# then the same with GPU_SESSION_JOBS=busi GPU_BUSI_METHODS=mgcc_50_synthetic
+# GPU_BUSI_LDM=runs/ldm_gpu/export GPU_BUSI_N_SYNTHETIC=4 GPU_BUSI_LDM_STEPS=2.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 O=${OUT:-runs/gpu_session}; mkdir -p "$O"

@@ -464,6 +464,35 @@ def test_unit_log_keeps_run_records_of_finished_files_it_merges(tmp_path):
     assert log.get("m", 0)["metrics"] == {"iou": 0.3}
 
 
+def test_unit_log_merges_units_whose_method_ignores_the_differing_setting(tmp_path):
+    """BUSI's LDM settings change only the "+ synthetic" row: units run without an LDM merge
+    with a synthetic unit of another call (a GPU session's two calls); a synthetic row made
+    with another LDM is not reused, and any other difference is still refused."""
+    from napari_textdiff.benchmark.common import UnitLog
+
+    only = {"ldm": ("synth",), "n_synthetic": ("synth",)}
+    plain = {"iterations": 3, "ldm": None, "n_synthetic": 725}
+    with_ldm = {**plain, "ldm": "L", "n_synthetic": 4}
+    for name, cfg, rows, extra in (
+            ("a", plain, [("base", 0.3), ("synth", 0.1)],
+             {"synthetic": {"source": None, "note": "row skipped"}}),
+            ("b", with_ldm, [("synth", 0.4)], {"synthetic": {"source": "ldm", "n": 4}})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.json").write_text(json.dumps(
+            {"run": {"config": cfg}, "extra": extra,
+             "rows": [{"method": m, "seed": 0, "metrics": {"iou": v}} for m, v in rows]}))
+    log = UnitLog(tmp_path / "out", "x", with_ldm, ("method", "seed"),
+                  merge_from=[tmp_path / "a", tmp_path / "b"], extra_keys=("synthetic",),
+                  method_settings=only)
+    assert log.get("base", 0)["metrics"] == {"iou": 0.3}
+    assert log.get("synth", 0)["metrics"] == {"iou": 0.4}     # a's (no LDM) was not reused
+    assert log.extra["synthetic"] == {"source": "ldm", "n": 4}
+    assert log.resumed_record()["not_reused"] == {"synth": "run with other ldm, n_synthetic"}
+    with pytest.raises(ValueError, match="iterations: 3 there, 5 now"):
+        UnitLog(tmp_path / "out2", "x", {**with_ldm, "iterations": 5}, ("method", "seed"),
+                merge_from=[tmp_path / "a"], method_settings=only)
+
+
 def test_variants_feed_each_model_the_noise_steps_of_its_preset(tmp_path):
     """The benchmark's shared feature extractors follow each config's ``steps``: the histology
     recipe's single t = 50 is what its head sees (it used to get the default three steps,

@@ -163,7 +163,9 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
     record = run_record(argv, dev, cfg.seeds, asdict(cfg), started)
     log = UnitLog(out, "busi", asdict(cfg), ("method", "seed"), resume or finished_only,
                   run=record, persist=write, merge_from=merge_from,
-                  extra_keys=("synthetic",))
+                  extra_keys=("synthetic",),
+                  method_settings={k: ("mgcc_50_synthetic",)
+                                   for k in ("synthetic", "ldm", "n_synthetic", "ldm_steps")})
     yield unit_event(0, len(units) + (1 if cfg.ldm else 0), "starting", t0)
     if cfg.ldm and not finished_only and not all(log.has(m, s) for s, m in units
                                                  if m == "mgcc_50_synthetic"):

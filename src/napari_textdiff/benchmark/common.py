@@ -210,13 +210,20 @@ class UnitLog:
     them rather than mixing incomparable rows. ``merge_from`` adds the finished units of other
     output folders (the same grid split over processes or machines); a unit found twice keeps
     its first copy (own folder first, then ``merge_from`` in order).
+
+    ``method_settings`` names settings that change only some methods' rows (BUSI's LDM and
+    synthetic count change only the "+ synthetic" row): when only those disagree, the file's
+    other rows are reused and the affected methods' rows are not (they run again, or are
+    missing from a ``--finished-only`` report), so units trained without synthetic images
+    merge with a "+ synthetic" unit of another call. A run-level record (``extra``) that is a
+    placeholder (``{"source": None, ...}``, e.g. "no synthetic row") yields to a real one.
     """
 
     SWEEP = ("k", "seeds", "methods", "protocols", "device", "feature_cache_mb")
 
     def __init__(self, out_dir, name: str, config: dict, key: Sequence[str], resume: bool = False,
                  run: dict | None = None, persist: bool = True, merge_from: Sequence = (),
-                 extra_keys: Sequence[str] = ()):
+                 extra_keys: Sequence[str] = (), method_settings: dict | None = None):
         self.out = Path(out_dir)
         self.path = self.out / f"{name}.partial.json"
         self.final = self.out / f"{name}.json"
@@ -230,6 +237,8 @@ class UnitLog:
         self.reused = 0
         self.resumed_from: list[str] = []
         self.duplicates = 0
+        self.method_settings = {k: set(v) for k, v in (method_settings or {}).items()}
+        self.not_reused: dict[str, list[str]] = {}   # method -> the settings that differed
         if resume:
             self._load(self.out, "--resume")
         for other in merge_from:
@@ -257,7 +266,10 @@ class UnitLog:
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{option}: {p} is not a readable benchmark file ({e})") from e
             mine, theirs = self._fixed(self.config), self._fixed(old_cfg)
-            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            every = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            soft = [k for k in every if k in self.method_settings]   # only some methods' rows
+            skip = {m for k in soft for m in self.method_settings[k]}
+            diff = [k for k in every if k not in self.method_settings]
             if diff:
                 hint = ("use another --out or drop --resume" if option == "--resume"
                         else "merge only parts run with the same settings")
@@ -266,6 +278,9 @@ class UnitLog:
                     + ", ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} now"
                                 for k in diff) + f"); {hint}")
             for r in rows:
+                if r.get("method") in skip:
+                    self.not_reused.setdefault(r["method"], soft)
+                    continue
                 if self._k(r) in self._rows:
                     self.duplicates += 1
                 else:
@@ -274,6 +289,11 @@ class UnitLog:
             found.update({k: old[k] for k in self.extra_keys
                           if k not in found and old.get(k) is not None})
             self.extra = {**found, **self.extra}
+            for k, v in found.items():      # a real record replaces a placeholder
+                mine_v = self.extra.get(k)
+                if (isinstance(mine_v, dict) and mine_v.get("source") is None
+                        and isinstance(v, dict) and v.get("source") is not None):
+                    self.extra[k] = v
             self.resumed_from.append(str(p))
             return True
         return False
@@ -320,6 +340,9 @@ class UnitLog:
                else self.resumed_from, "units": self.reused}
         if self.duplicates:
             rec["duplicates_ignored"] = self.duplicates
+        if self.not_reused:
+            rec["not_reused"] = {m: f"run with other {', '.join(k)}"
+                                 for m, k in self.not_reused.items()}
         return rec
 
     def rows(self, planned: Sequence[tuple]) -> list[dict]:
