@@ -10,6 +10,8 @@ Scores are per image at native resolution (1000² for MoNuSeg), averaged over im
   python benchmarks/td_issue16.py cv    --folds 5 [--set k=v ...] --tag T
   python benchmarks/td_issue16.py rf    --train A,B,.. --eval C,..
   python benchmarks/td_issue16.py speed [--set k=v ...]
+  TD_BACKBONE=DIR python benchmarks/td_issue16.py fit --set features=diffusion ...   (item 4:
+      another backbone's features under the same head, beside features=classic / both)
 """
 from __future__ import annotations
 
@@ -26,7 +28,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "monuseg"
-BACKBONE = ROOT / "src" / "napari_textdiff" / "models" / "backbone"
+#: ``TD_BACKBONE=DIR`` measures another pretrained backbone (issue 16 item 4) in place of the
+#: bundled one; its features are memoised under their own fingerprint
+BACKBONE = Path(os.environ.get("TD_BACKBONE")
+                or ROOT / "src" / "napari_textdiff" / "models" / "backbone")
 FIVE = ["TCGA-A7-A13F-01Z-00-DX1", "TCGA-AR-A1AK-01Z-00-DX1", "TCGA-B0-5711-01Z-00-DX1",
         "TCGA-DK-A2I6-01A-01-TS1", "TCGA-G9-6356-01Z-00-DX1"]   # the reference's seed-0 draw
 GRID = [round(t, 2) for t in np.arange(0.2, 0.851, 0.05)]
@@ -184,6 +189,7 @@ def parse_sets(sets):
 
 def log(args, rec):
     rec["dataset"] = DATASET
+    rec["backbone"] = str(BACKBONE)
     rec["stain"] = STAIN
     rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     rec["process_cpu_seconds"] = time.process_time()      # whole process, features included
