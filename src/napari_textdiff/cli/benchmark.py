@@ -31,7 +31,9 @@ def _common(p, default_out: str) -> None:
     p.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: plain time-stamped lines instead (one per finished "
+                        "unit, at most one a minute while training), for logs")
 
 
 def _resumable(p) -> None:
@@ -183,16 +185,33 @@ def _setup(args):
         torch.set_num_threads(args.threads)
 
 
-def _drive(gen, enabled: bool):
-    """Drain a benchmark generator with a tqdm bar (runs done / planned, current stage)."""
+def _drive(gen, enabled: bool, log_every: float = 60.0):
+    """Drain a benchmark generator with a tqdm bar (runs done / planned, current stage).
+
+    Without the bar (``--no-progress``, runs in the background) plain time-stamped lines go to
+    stderr instead: one per finished unit and at most one every ``log_every`` seconds for
+    the training inside a unit, so a log shows how far a multi-hour unit has got.
+    """
     from tqdm import tqdm
 
     bar = tqdm(total=None, unit="run", file=sys.stderr, disable=not enabled,
                dynamic_ncols=True, desc="benchmark")
     last = 0.0
+    logged = time.monotonic()
+
+    def plain(text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
     try:
         while True:
             ev = next(gen)
+            if not enabled:
+                if ev.stage == "benchmark":
+                    plain(f"unit {ev.step}/{ev.total}: {ev.message}")
+                elif time.monotonic() - logged >= log_every:
+                    logged = time.monotonic()
+                    plain(ev.describe())
+                continue
             if ev.stage == "benchmark":
                 bar.total = ev.total
                 bar.n = ev.step
