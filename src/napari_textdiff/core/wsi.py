@@ -160,10 +160,11 @@ def slide_stain_statistics(slide: Slide, box, level: int, scale: float, *, tissu
 
 def _instance_split(d: float):
     """binary_to_instances with its pixel sizes (set at full resolution) scaled to the level."""
-    from .instances import binary_to_instances
+    from .instances import SPLIT_DEFAULTS as S, binary_to_instances
 
-    return lambda m: binary_to_instances(m, min_size=max(2, round(10 / d ** 2)),
-                                         min_distance=max(1, round(3 / d)), h=1.5 / max(d, 1))
+    return lambda m: binary_to_instances(m, min_size=max(2, round(S["min_size"] / d ** 2)),
+                                         min_distance=max(1, round(S["min_distance"] / d)),
+                                         h=S["h"] / max(d, 1))
 
 
 def iter_segment_slide(model, slide: Slide, text: str | None = None, *, region=None,
