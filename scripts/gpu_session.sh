@@ -58,7 +58,7 @@ for run in "$M"/*/; do r=$(basename "$run"); f=$run/best.safetensors   # else th
   [ "$(stat -c %s "$f")" -lt 16000000 ] && cp "$f" "$O/mgcc_$r.safetensors"
 done
 B=${GPU_BUSI_OUT:-runs/busi_gpu}   # every unit's JSON (for --merge here) and the merged report
-tar czf "$O/busi.tgz" --exclude='*.png' "$B" 2>/dev/null
+tar czf "$O/busi.tgz" --exclude='*.png' --exclude='*.units_in_training' "$B" 2>/dev/null
 tar czf "$O/logs.tgz" --exclude=site --exclude='*.safetensors' --exclude='*.pt' \
   "$O"/*.log runs/gc_ldm runs/gc_mgcc runs/gc_busi runs/gpu_check "$L"/*.json "$L"/*.csv "$L/report" \
   "$M"/*.log "$M"/*/train.log 2>/dev/null

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -106,16 +107,35 @@ def crops_of(examples: Sequence[Example], size: int, overlap: int | None = None,
     return out
 
 
+UNIT_CHECKPOINT = "checkpoint.pt"
+
+
+def _replay(records):
+    """The validation events of the part trained before a resume, so a caller's curve is
+    whole (``message`` says they come from the checkpoint)."""
+    for rec in records:
+        yield Progress("validate", step=int(rec["it"]), total=None,
+                       metrics={k: v for k, v in rec.items() if k != "it"},
+                       message="from checkpoint")
+
+
 def train_unet(examples: Sequence[Example], *, config: SupervisedConfig | None = None,
                net_config: UNetConfig | None = None, device="cpu", inference: str = "resize",
                should_stop: Callable[[], bool] | None = None, val: Sequence[Example] = (),
-               val_every: int | None = None):
+               val_every: int | None = None, checkpoint_dir=None,
+               checkpoint_every: int | None = None):
     """Progress generator: Adam on 0.5·BCE + Dice; returns ``(MGCCModel over the U-Net,
     loss history)``. Images are resized to ``config.size``² (pass crops for tiled work).
-    With ``val`` the weights with the best mean validation IoU are kept (as MGCC's trainer)."""
+    With ``val`` the weights with the best mean validation IoU are kept (as MGCC's trainer).
+
+    With ``checkpoint_dir`` the whole training state is saved there atomically every
+    ``checkpoint_every`` iterations (default: each validation) and on a stop, and a
+    checkpoint found there is continued, so a unit cut by a session's end loses at most
+    that many iterations; the resumed run draws the same batches as an uninterrupted one.
+    """
     from ..core.amp import Amp
     from ..core.device import resolve_device
-    from ..core.mgcc.trainer import evaluate_model
+    from ..core.mgcc.trainer import atomic_torch_save, evaluate_model
 
     cfg = config or SupervisedConfig()
     if not examples:
@@ -132,13 +152,43 @@ def train_unet(examples: Sequence[Example], *, config: SupervisedConfig | None =
     model = MGCCModel(net, size=cfg.size, inference=inference, device=dev,
                       meta={"baseline": "unet", "net": ncfg.to_dict()})
     bs = min(cfg.batch_size, len(X))
+    every_val = val_every or max(1, cfg.iterations // 5)
+    every_ck = checkpoint_every or every_val
     losses: list[float] = []
+    records: list[dict] = []
     order, pos = rng.permutation(len(X)), 0
     best: tuple[float, dict | None] = (-1.0, None)
-    t0 = time.monotonic()
+    start, before = 1, 0.0
+    ck_path = Path(checkpoint_dir) / UNIT_CHECKPOINT if checkpoint_dir is not None else None
+    if ck_path is not None and ck_path.is_file():
+        ck = torch.load(ck_path, map_location=dev, weights_only=False)
+        net.load_state_dict(ck["net"])
+        opt.load_state_dict(ck["opt"])
+        amp.load_state_dict(ck.get("amp"))
+        losses, records = list(ck["losses"]), list(ck["records"])
+        best = (float(ck["best_score"]), ck["best_state"])
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"].cpu())
+        order, pos = np.asarray(ck["order"], dtype=np.int64), int(ck["pos"])
+        start, before = int(ck["it"]) + 1, float(ck["elapsed"])
+        model.meta["resumed"] = {"from_iteration": start - 1, "seconds_before": round(before, 2)}
+        yield from _replay(records)
+    t0 = time.monotonic() - before
+
+    def save(it):
+        if ck_path is not None:
+            atomic_torch_save({
+                "net": net.state_dict(), "opt": opt.state_dict(), "amp": amp.state_dict(),
+                "it": it, "losses": losses, "records": records, "best_score": best[0],
+                "best_state": best[1], "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "order": np.asarray(order).tolist(),
+                "pos": pos, "elapsed": time.monotonic() - t0}, ck_path)
+
+    it = start - 1
     try:
-        for it in range(1, cfg.iterations + 1):
+        for it in range(start, cfg.iterations + 1):
             if should_stop is not None and should_stop():
+                it -= 1
                 break
             idx = []
             while len(idx) < bs:
@@ -157,14 +207,20 @@ def train_unet(examples: Sequence[Example], *, config: SupervisedConfig | None =
             losses.append(float(loss.detach()))
             yield Progress("train", step=it, total=cfg.iterations, loss=losses[-1],
                            elapsed=time.monotonic() - t0)
-            if val and (it % (val_every or max(1, cfg.iterations // 5)) == 0
-                        or it == cfg.iterations):
+            if val and (it % every_val == 0 or it == cfg.iterations):
                 net.eval()
                 score = float(evaluate_model(model, list(val))[0]["iou"])
+                records.append({"it": it, "val_iou": score})
                 if score > best[0]:
                     best = (score, {k: v.detach().clone() for k, v in net.state_dict().items()})
                 yield Progress("validate", step=it, total=cfg.iterations,
                                metrics={"val_iou": score}, elapsed=time.monotonic() - t0)
+            if it % every_ck == 0 and it < cfg.iterations:
+                save(it)
+        else:
+            it = cfg.iterations
+        if it < cfg.iterations:       # stopped: keep where it got to
+            save(it)
     finally:
         net.eval()
         if best[1] is not None:
@@ -178,33 +234,44 @@ def train_mgcc_light(examples: Sequence[Example], unlabeled: Sequence[np.ndarray
                      width: float = 0.25, in_channels: int = 3, batch_labeled: int = 4,
                      batch_unlabeled: int = 4, lr: float = 0.01, seed: int = 0,
                      device="cpu", inference: str = "resize", val_every: int | None = None,
-                     should_stop=None):
+                     should_stop=None, checkpoint_dir=None, checkpoint_every: int | None = None):
     """Progress generator over ``core.mgcc.MGCCTrainer``; returns ``(MGCCModel, history)``
     where history holds the per-iteration total loss (``"loss"``) and the validation records.
 
     Without ``unlabeled`` images this is MGCC's supervised part (four decoders, no
-    consistency term): the "MGCC-light supervised" baseline.
+    consistency term): the "MGCC-light supervised" baseline. ``checkpoint_dir`` as in
+    :func:`train_unet` (the trainer's own exact-resume checkpoint, plus the loss history).
     """
     from ..core.mgcc.network import MGCCConfig
-    from ..core.mgcc.trainer import MGCCTrainer, TrainConfig
+    from ..core.mgcc.trainer import CHECKPOINT, MGCCTrainer, TrainConfig
 
+    every_val = val_every or max(1, iterations // 5)
     tc = TrainConfig(iterations=iterations, size=size, batch_labeled=batch_labeled,
-                     batch_unlabeled=batch_unlabeled, lr=lr, seed=seed,
-                     val_every=val_every or max(1, iterations // 5),
-                     checkpoint_every=10 ** 9)
+                     batch_unlabeled=batch_unlabeled, lr=lr, seed=seed, val_every=every_val,
+                     checkpoint_every=(checkpoint_every or every_val) if checkpoint_dir
+                     else 10 ** 9)
+    resume = checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT).is_file()
     trainer = MGCCTrainer(list(examples), list(unlabeled), list(val),
                           net_config=MGCCConfig(in_channels=in_channels, width=width),
-                          config=tc, device=device)
-    losses: list[float] = []
+                          config=tc, device=device, run_dir=checkpoint_dir, resume=resume)
+    losses: list[float] = list(trainer.extra_state.get("losses", []))
+    trainer.extra_state["losses"] = losses       # saved with every checkpoint
+    before, it0 = float(trainer.extra_state.get("elapsed", 0.0)), trainer.it
+    if resume:
+        yield from _replay(trainer.history)
+    t0 = time.monotonic()
     gen = trainer.run(should_stop)
     try:
         while True:
             ev = next(gen)
             if ev.stage == "train" and ev.loss is not None:
                 losses.append(float(ev.loss))
+            trainer.extra_state["elapsed"] = before + time.monotonic() - t0
             yield ev
     except StopIteration as stop:
         model = stop.value
     model.inference = inference
+    if resume:
+        model.meta["resumed"] = {"from_iteration": it0, "seconds_before": round(before, 2)}
     return model, {"loss": losses, "validation": trainer.history,
                    "best_iteration": trainer.best_it}

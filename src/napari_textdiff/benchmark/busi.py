@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .common import UnitLog, asdict, run_record, seed_everything, summarize, unit_event
+from .common import (UnitLog, asdict, resumed_info, run_record, seed_everything, summarize,
+                     unit_event)
 
 __all__ = ["BusiConfig", "run_busi", "BUSI_METHODS", "split_busi"]
 
@@ -193,13 +194,14 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
         t1 = time.monotonic()
         val_ex = [load(s) for s in val]
         val_curve: list = []
+        ck = log.unit_dir(method, seed)
         if method == "unet_full":
             model, losses = yield from _recording_validation(train_unet(
                 [load(s) for s in rest],
                 config=SupervisedConfig(iterations=cfg.iterations, batch_size=cfg.batch_labeled,
                                         lr=cfg.unet_lr, size=cfg.size, seed=seed),
                 net_config=UNetConfig(in_channels=1, width=cfg.width), device=dev, val=val_ex,
-                val_every=cfg.val_every, should_stop=should_stop), val_curve)
+                val_every=cfg.val_every, should_stop=should_stop, checkpoint_dir=ck), val_curve)
             n_lab, n_unl = len(rest), 0
         else:
             unl_imgs = [load(s).image for s in unl]
@@ -209,10 +211,12 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
                 [load(s) for s in lab], unl_imgs, val_ex, iterations=cfg.iterations,
                 size=cfg.size, width=cfg.width, in_channels=1, batch_labeled=cfg.batch_labeled,
                 batch_unlabeled=cfg.batch_unlabeled, seed=seed, device=dev,
-                val_every=cfg.val_every, should_stop=should_stop), val_curve)
+                val_every=cfg.val_every, should_stop=should_stop, checkpoint_dir=ck), val_curve)
             losses = h["loss"]
             n_lab, n_unl = len(lab), len(unl_imgs)
-        train_seconds = time.monotonic() - t1
+        resumed = resumed_info(model)
+        train_seconds = (time.monotonic() - t1
+                         + resumed.get("training_resumed", {}).get("seconds_before", 0.0))
         test_ex = [load(s) for s in test]
         per = yield from iter_evaluate(
             test_ex, (model.predict_proba(ex.image, mode="resize") for ex in test_ex))
@@ -227,7 +231,7 @@ def run_busi(data, out_dir, config: BusiConfig | None = None, argv=None,
                      "n_val": len(val), "n_test": len(test),
                      "train_seconds": round(train_seconds, 2),
                      "curve": _curve(losses, "iteration"), "iterations_done": len(losses),
-                     "val_curve": val_curve},
+                     "val_curve": val_curve, **resumed},
                 stopped=should_stop is not None and should_stop())
         yield unit_event(i + 1 + (1 if cfg.ldm else 0), len(units) + (1 if cfg.ldm else 0),
                          f"{method} seed={seed}: iou {metrics['iou']:.3f}", t0)

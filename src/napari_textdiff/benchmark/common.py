@@ -198,6 +198,13 @@ def unit_event(done: int, total: int, message: str, t0: float) -> Progress:
                     elapsed=time.monotonic() - t0)
 
 
+def resumed_info(model) -> dict:
+    """``{"training_resumed": {...}}`` for a row whose training continued a unit checkpoint
+    (its iteration and the seconds trained before), else {}."""
+    rec = getattr(model, "meta", {}).get("resumed")
+    return {"training_resumed": rec} if rec else {}
+
+
 class UnitLog:
     """The finished units (one method x setting x seed each) of a benchmark run, saved after
     every unit to ``NAME.partial.json`` so a killed run keeps its work.
@@ -239,6 +246,7 @@ class UnitLog:
         self.duplicates = 0
         self.method_settings = {k: set(v) for k, v in (method_settings or {}).items()}
         self.not_reused: dict[str, list[str]] = {}   # method -> the settings that differed
+        self.resume = resume
         if resume:
             self._load(self.out, "--resume")
         for other in merge_from:
@@ -318,12 +326,57 @@ class UnitLog:
 
     def add(self, row: dict, stopped: bool = False) -> None:
         """Record a finished unit (``stopped``: cut short by a stop request, which the row
-        then says) and rewrite the partial file (atomically)."""
+        then says) and rewrite the partial file (atomically). A finished unit's training
+        checkpoint goes; a stopped one's stays for ``--resume`` to continue."""
         if stopped:
             row = {**row, "stopped": True}
         self._rows[self._k(row)] = row
         if self.persist:
             self._write()
+            if not stopped:
+                import shutil
+
+                shutil.rmtree(self._unit_path(self._k(row)), ignore_errors=True)
+
+    def _unit_path(self, key: tuple) -> Path:
+        name = "-".join(str(v) for v in key).replace("/", "_").replace(" ", "_")
+        return self.out / f"{self.final.stem}.units_in_training" / name
+
+    def unit_dir(self, *key) -> Path | None:
+        """Where the unit ``key`` keeps its training checkpoint, so a run cut mid-unit (a
+        session's end, a kill) continues it on ``--resume`` instead of starting over; None
+        when nothing is written. Without ``--resume`` an old checkpoint is discarded; with
+        it, one trained under other settings is refused, as rows are."""
+        import json
+        import shutil
+
+        if not self.persist:
+            return None
+        d = self._unit_path(tuple(key))
+        method = key[self.key.index("method")] if "method" in self.key else None
+        settings = {"key": [str(v) for v in key],
+                    "config": {k: v for k, v in self._fixed(self.config).items()
+                               if k not in self.method_settings
+                               or method in self.method_settings[k]}}
+        text = json.dumps(settings, indent=1, sort_keys=True, default=str)
+        stamp = d / "unit.json"
+        if d.exists() and not self.resume:
+            shutil.rmtree(d)
+        if stamp.is_file():
+            old = json.loads(stamp.read_text())
+            if old != json.loads(text):
+                new = json.loads(text)["config"]
+                diff = sorted(k for k in set(old["config"]) | set(new)
+                              if old["config"].get(k) != new.get(k))
+                raise ValueError(f"--resume: {d} holds a unit begun with other settings "
+                                 f"({', '.join(diff) or 'its key'}); use another --out, "
+                                 "drop --resume, or delete that folder")
+            return d
+        d.mkdir(parents=True, exist_ok=True)
+        from ..core.bundle import atomic_write_bytes
+
+        atomic_write_bytes(stamp, text.encode())
+        return d
 
     def _write(self) -> None:
         from .report import write_json

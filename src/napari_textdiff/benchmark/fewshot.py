@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..core.evaluation import iter_evaluate
-from .common import (FeatureMemo, UnitLog, asdict, resolve_backbone, run_record, seed_everything,
-                     summarize, unit_event)
+from .common import (FeatureMemo, UnitLog, asdict, resolve_backbone, resumed_info, run_record,
+                     seed_everything, summarize, unit_event)
 
 __all__ = ["MonusegConfig", "run_monuseg", "TextDiffVariants", "METHODS", "TEXTDIFF_MODES"]
 
@@ -225,10 +225,10 @@ def validation_images(pool, subset, n: int, seed: int) -> list:
 
 
 def fit_and_evaluate(method: str, protocol: str, train, test, cfg, variants, seed: int,
-                     device, should_stop=None, val=()):
+                     device, should_stop=None, val=(), checkpoint_dir=None):
     """Generator: train one method on ``train`` examples and score it on ``test``; returns
     the result row (without method/protocol/k keys), or None when stopped before a model
-    existed."""
+    existed. ``checkpoint_dir``: where the U-Net / MGCC-light units checkpoint and resume."""
     from ..core.metrics import mean_metrics
     from .baselines import (SupervisedConfig, UNetConfig, crops_of, train_mgcc_light,
                             train_unet)
@@ -289,16 +289,17 @@ def fit_and_evaluate(method: str, protocol: str, train, test, cfg, variants, see
                                               seed=seed),
                 net_config=UNetConfig(in_channels=3, width=cfg.unet_width), device=device,
                 inference=mode, should_stop=should_stop, val=val_ex,
-                val_every=cfg.val_every), val_curve)
+                val_every=cfg.val_every, checkpoint_dir=checkpoint_dir), val_curve)
         else:
             model, h = yield from _recording_validation(train_mgcc_light(
                 data, val=val_ex, iterations=cfg.mgcc_iterations, size=cfg.size,
                 width=cfg.mgcc_width, batch_labeled=cfg.batch_size, seed=seed, device=device,
-                inference=mode, val_every=cfg.val_every, should_stop=should_stop), val_curve)
+                inference=mode, val_every=cfg.val_every, should_stop=should_stop,
+                checkpoint_dir=checkpoint_dir), val_curve)
             losses = h["loss"]
         curve = _curve(losses, "iteration")
         info = {"parameters": int(sum(p.numel() for p in model.net.parameters())),
-                "train_crops": len(data)}
+                "train_crops": len(data), **resumed_info(model)}
         if val_ex:
             best = max(val_curve, key=lambda r: r[1]) if val_curve else None
             info.update(val_images=[e.name for e in val], val_examples=len(val_ex),
@@ -306,7 +307,8 @@ def fit_and_evaluate(method: str, protocol: str, train, test, cfg, variants, see
 
         def predict(ex):
             return model.predict_proba(ex.image, mode=mode, overlap=cfg.tile_overlap)
-    train_seconds = time.monotonic() - t0
+    train_seconds = (time.monotonic() - t0
+                     + info.get("training_resumed", {}).get("seconds_before", 0.0))
     feat1 = memo.compute_seconds if memo is not None else 0.0
     t1 = time.monotonic()
     per_image = yield from iter_evaluate(test, (predict(ex) for ex in test))
@@ -387,8 +389,11 @@ def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
                 val = ([load(s) for s in validation_images(train_s, subset, cfg.val_images,
                                                            seed)]
                        if cfg.val_images and method in ("unet", "mgcc_light") else [])
+                ck = (log.unit_dir(method, protocol, k, seed)
+                      if method in ("unet", "mgcc_light") else None)
                 row = yield from fit_and_evaluate(method, protocol, train, test, cfg, variants,
-                                                  seed, dev, should_stop, val=val)
+                                                  seed, dev, should_stop, val=val,
+                                                  checkpoint_dir=ck)
                 if row is None:
                     break
                 row = {"method": method, "protocol": protocol, "k": k, **row}

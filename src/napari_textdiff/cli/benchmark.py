@@ -39,7 +39,9 @@ def _common(p, default_out: str) -> None:
 def _resumable(p) -> None:
     p.add_argument("--resume", action="store_true",
                    help="reuse the units an earlier run with the same settings finished in "
-                        "--out (its NAME.partial.json or NAME.json); more seeds/K may be added")
+                        "--out (its NAME.partial.json or NAME.json) and continue a U-Net/MGCC "
+                        "unit it left mid-training from its checkpoint "
+                        "(NAME.units_in_training/); more seeds/K may be added")
     p.add_argument("--finished-only", action="store_true",
                    help="like --resume, but only report the units already finished (e.g. of a "
                         "killed run); trains nothing")
@@ -272,7 +274,8 @@ def _resume(args) -> dict:
 def _unit_stop():
     """First Ctrl-C (or ``timeout -s INT``): the unit in training stops at its next step with
     its best validated weights, is scored and saved marked ``stopped`` (reported as such,
-    retrained by ``--resume``), and the run writes its report; a second Ctrl-C aborts."""
+    continued from its checkpoint by ``--resume``), and the run writes its report; a second
+    Ctrl-C aborts."""
     from napari_textdiff.cli._common import StopOnCtrlC
 
     return StopOnCtrlC("the benchmark's current unit (it is scored and saved, marked stopped)")

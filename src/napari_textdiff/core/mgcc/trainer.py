@@ -143,6 +143,7 @@ class MGCCTrainer:
         self.best_it = -1
         self.best_state: dict | None = None
         self.history: list[dict] = []
+        self.extra_state: dict = {}     # a caller's own records, saved with the checkpoint
         self.model = MGCCModel(self.net, size=s, threshold=self.cfg.threshold, meta=self.meta,
                                device=self.device)
         self._perm = {"lab": ([], 0), "unl": ([], 0)}
@@ -167,6 +168,7 @@ class MGCCTrainer:
             "amp": self.amp.state_dict(),
             "perm": {k: (np.asarray(o).tolist(), int(pos)) for k, (o, pos) in self._perm.items()},
             "net_config": self.net_config.to_dict(), "train_config": dataclasses.asdict(self.cfg),
+            "extra": self.extra_state,
         }, p)
 
     def _resume(self) -> None:
@@ -188,6 +190,7 @@ class MGCCTrainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in ck["cuda_rng"]])
         self.amp.load_state_dict(ck.get("amp"))
         self._perm = {k: (np.asarray(o, dtype=np.int64), pos) for k, (o, pos) in ck["perm"].items()}
+        self.extra_state = dict(ck.get("extra") or {})
 
     def _draw(self, key: str, n_items: int, k: int) -> np.ndarray:
         """``k`` indices from an epoch-wise shuffled stream (every item once per epoch)."""
@@ -252,7 +255,10 @@ class MGCCTrainer:
         return mean
 
     def _best_model(self) -> MGCCModel:
-        net = MGCCNet(dataclasses.replace(self.net_config, aux=False))
+        # building a network draws init weights: keep that off the training's random stream,
+        # so saving the best model (run_dir) does not change the run
+        with torch.random.fork_rng(devices=[]):
+            net = MGCCNet(dataclasses.replace(self.net_config, aux=False))
         net.load_state_dict(self.best_state)
         meta = {**self.meta, "iterations": self.it, "best_iteration": self.best_it,
                 "val_iou": self.best_score, "train_config": dataclasses.asdict(self.cfg),
