@@ -130,7 +130,11 @@ def test_busi_resume_continues_a_unit_killed_mid_training(tmp_path):
     assert row["iterations_done"] == 12 and not row.get("stopped")
     assert [it for it, _ in row["val_curve"]] == list(range(2, 13, 2))
     assert row["train_seconds"] >= row["training_resumed"]["seconds_before"]
-    assert not unit.exists()
+    assert not unit.exists() and not unit.parent.exists()
+    unit.mkdir(parents=True)            # left by a kill between the row and its cleanup
+    (unit / "checkpoint.pt").write_bytes(b"old")
+    run(run_busi(data, out, cfg, finished_only=True))
+    assert not unit.parent.exists()
 
     _drive(run_busi(data, tmp_path / "out2", cfg), kill_after=7)
     fresh = run(run_busi(data, tmp_path / "out2", cfg))         # no --resume: from scratch

@@ -411,3 +411,12 @@ class UnitLog:
             self.path.unlink(missing_ok=True)
         else:
             self._write()
+        import shutil
+
+        for k, row in self._rows.items():      # e.g. killed between its row and its cleanup
+            if not row.get("stopped"):
+                shutil.rmtree(self._unit_path(k), ignore_errors=True)
+        try:
+            self._unit_path(("x",)).parent.rmdir()     # only when empty
+        except OSError:
+            pass
