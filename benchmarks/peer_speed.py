@@ -6,6 +6,9 @@ the 5 images of the reference's seed-0 draw (``benchmark.forest`` defaults), the
 predicted by both, alternating, so load changes on a shared machine hit both alike.
 
   python benchmarks/peer_speed.py --threads 1 --out docs/benchmarks/peer_speed.json
+
+``--also MODEL`` times a second TextDiff model the same way (e.g. a head on the classic filter
+bank only, to price the diffusion taps); ``--no-forest`` leaves the forest out.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "monuseg"))
     p.add_argument("--images", type=int, default=3, help="images timed (not the 5 fitted)")
     p.add_argument("--model", default=None, help="TextDiff model (default: the bundled one)")
+    p.add_argument("--also", default=None, help="a second TextDiff model timed alongside")
+    p.add_argument("--no-forest", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -45,30 +50,40 @@ def main(argv=None) -> int:
     train = [found[n].load(channels=3) for n in FIVE]
     others = [found[n].load(channels=3) for n in sorted(found) if n not in FIVE][:args.images]
     t0 = time.monotonic()
-    forest = run(train_random_forest(train, ForestConfig(n_jobs=args.threads)))
+    forest = (None if args.no_forest
+              else run(train_random_forest(train, ForestConfig(n_jobs=args.threads))))
     fit_s = time.monotonic() - t0
     model_path = Path(args.model or default_model_path("histology"))
-    td = load_model(model_path, device="cpu")
+    models = {"textdiff": load_model(model_path, device="cpu")}
+    if args.also:
+        models["also"] = load_model(args.also, device="cpu")
     rows = []
     for ex in others:
         mp = ex.image.shape[0] * ex.image.shape[1] / 1e6
-        t = time.monotonic()
-        td.predict_proba(ex.image, ex.text)
-        t_td = time.monotonic() - t
-        t = time.monotonic()
-        forest.predict_proba(ex.image)
-        t_rf = time.monotonic() - t
-        rows.append({"name": ex.name, "megapixels": mp, "textdiff_s_per_1000sq": t_td / mp,
-                     "forest_s_per_1000sq": t_rf / mp})
+        row = {"name": ex.name, "megapixels": mp}
+        for key, m in models.items():
+            t = time.monotonic()
+            m.predict_proba(ex.image, ex.text)
+            row[f"{key}_s_per_1000sq"] = (time.monotonic() - t) / mp
+        if forest is not None:
+            t = time.monotonic()
+            forest.predict_proba(ex.image)
+            row["forest_s_per_1000sq"] = (time.monotonic() - t) / mp
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
+
+    def config(m):
+        return {k: m.config.to_dict()[k] for k in (
+            "features", "scale", "diffusion_scale", "working_size", "steps", "stain_norm")}
+
     res = {"threads": args.threads, "load_average_end": os.getloadavg()[0],
-           "forest_fit_seconds": round(fit_s, 1), "forest": forest.config.to_dict(),
-           "textdiff_model": model_path.name,
-           "textdiff_config": {k: td.config.to_dict()[k] for k in (
-               "features", "scale", "diffusion_scale", "working_size", "steps",
-               "stain_norm")}, "rows": rows,
-           "mean": {k: sum(r[k] for r in rows) / len(rows)
-                    for k in ("textdiff_s_per_1000sq", "forest_s_per_1000sq")}}
+           "textdiff_model": model_path.name, "textdiff_config": config(models["textdiff"]),
+           "rows": rows, "mean": {k: sum(r[k] for r in rows) / len(rows)
+                                  for k in rows[0] if k.endswith("_s_per_1000sq")}}
+    if forest is not None:
+        res.update(forest_fit_seconds=round(fit_s, 1), forest=forest.config.to_dict())
+    if args.also:
+        res.update(also_model=str(args.also), also_config=config(models["also"]))
     print(json.dumps(res["mean"]))
     if args.out:
         from napari_textdiff.core.bundle import atomic_write_bytes
