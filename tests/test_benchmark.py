@@ -448,6 +448,22 @@ def test_unit_log_ignores_speed_only_settings_but_not_result_settings(tmp_path):
         UnitLog(tmp_path, "x", {**cfg, "epochs": 20}, ("method", "seed"), resume=True)
 
 
+def test_unit_log_reads_a_setting_added_later_as_its_old_behaviour(tmp_path):
+    """A file saved before ``val_images`` existed ran without validation images: it merges
+    with runs at val_images 0 and is refused for runs that validate."""
+    from napari_textdiff.benchmark.common import UnitLog
+
+    old = {"epochs": 20, "k": [5], "seeds": [0], "methods": ["a"]}
+    log = UnitLog(tmp_path / "old", "x", old, ("method", "seed"))
+    log.add({"method": "a", "seed": 0, "metrics": {"dice": 0.5}})
+    merged = UnitLog(tmp_path / "new", "x", {**old, "k": [1], "val_images": 0},
+                     ("method", "seed"), merge_from=[tmp_path / "old"])
+    assert merged.has("a", 0)
+    with pytest.raises(ValueError, match="val_images: 0 there, 4 now"):
+        UnitLog(tmp_path / "new2", "x", {**old, "val_images": 4}, ("method", "seed"),
+                merge_from=[tmp_path / "old"])
+
+
 def test_unit_log_keeps_run_records_of_finished_files_it_merges(tmp_path):
     """A final NAME.json keeps run-level records (BUSI's synthetic set) at top level; merging
     it must not lose them."""

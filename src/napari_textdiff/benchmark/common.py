@@ -227,6 +227,9 @@ class UnitLog:
     """
 
     SWEEP = ("k", "seeds", "methods", "protocols", "device", "feature_cache_mb")
+    #: settings added after results were saved, with the value that reproduces the runs made
+    #: before them: a file without the setting counts as having that value
+    ADDED_LATER = {"val_images": 0}
 
     def __init__(self, out_dir, name: str, config: dict, key: Sequence[str], resume: bool = False,
                  run: dict | None = None, persist: bool = True, merge_from: Sequence = (),
@@ -274,6 +277,7 @@ class UnitLog:
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{option}: {p} is not a readable benchmark file ({e})") from e
             mine, theirs = self._fixed(self.config), self._fixed(old_cfg)
+            theirs = {**{k: v for k, v in self.ADDED_LATER.items() if k in mine}, **theirs}
             every = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             soft = [k for k in every if k in self.method_settings]   # only some methods' rows
             skip = {m for k in soft for m in self.method_settings[k]}
