@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -338,13 +339,14 @@ class UnitLog:
         if self.persist:
             self._write()
             if not stopped:
-                import shutil
-
                 shutil.rmtree(self._unit_path(self._k(row)), ignore_errors=True)
 
+    @property
+    def _units_root(self) -> Path:
+        return self.out / f"{self.final.stem}.units_in_training"
+
     def _unit_path(self, key: tuple) -> Path:
-        name = "-".join(str(v) for v in key).replace("/", "_").replace(" ", "_")
-        return self.out / f"{self.final.stem}.units_in_training" / name
+        return self._units_root / "-".join(str(v) for v in key).replace("/", "_").replace(" ", "_")
 
     def unit_dir(self, *key) -> Path | None:
         """Where the unit ``key`` keeps its training checkpoint, so a run cut mid-unit (a
@@ -352,7 +354,6 @@ class UnitLog:
         when nothing is written. Without ``--resume`` an old checkpoint is discarded; with
         it, one trained under other settings is refused, as rows are."""
         import json
-        import shutil
 
         if not self.persist:
             return None
@@ -415,12 +416,10 @@ class UnitLog:
             self.path.unlink(missing_ok=True)
         else:
             self._write()
-        import shutil
-
         for k, row in self._rows.items():      # e.g. killed between its row and its cleanup
             if not row.get("stopped"):
                 shutil.rmtree(self._unit_path(k), ignore_errors=True)
         try:
-            self._unit_path(("x",)).parent.rmdir()     # only when empty
+            self._units_root.rmdir()           # only when empty
         except OSError:
             pass
