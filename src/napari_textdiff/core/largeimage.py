@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .normalize import LUMA_BT601, normalize_image, white_level
+from .normalize import luma, normalize_image, white_level
 
 __all__ = ["LazyImage", "lazy_image", "resize_lowmem", "measure_large_image"]
 
@@ -77,7 +77,7 @@ class LazyImage:
         if self.channels == 3 and x.shape[-1] == 1:
             x = np.repeat(x, 3, axis=-1)
         elif self.channels == 1 and x.shape[-1] == 3:
-            x = (x @ LUMA_BT601)[..., None]
+            x = luma(x)
         return x
 
     def __getitem__(self, key) -> np.ndarray:

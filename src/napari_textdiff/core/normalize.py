@@ -30,7 +30,7 @@ import warnings
 import numpy as np
 
 __all__ = ["normalize_image", "white_level", "binary_mask", "clean_text", "to_model_channels",
-           "LUMA_BT601"]
+           "LUMA_BT601", "luma"]
 
 LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _DEPTHS = (8, 10, 12, 14, 16)
@@ -119,8 +119,16 @@ def normalize_image(arr, channels: int | None = None, white: float | None = None
     if channels == 3 and c == 1:
         x = np.repeat(x, 3, axis=-1)
     elif channels == 1 and c == 3:
-        x = (x @ LUMA_BT601)[..., None]
+        x = luma(x)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) float32 → (..., 1) BT.601 luma, summed elementwise: ``rgb @ LUMA`` goes through
+    BLAS, whose summation order depends on the array's layout, so a lazy tile and the whole
+    image would differ in the last bit."""
+    w = LUMA_BT601
+    return (rgb[..., 0] * w[0] + rgb[..., 1] * w[1] + rgb[..., 2] * w[2])[..., None]
 
 
 def binary_mask(mask, name: str = "") -> np.ndarray:
