@@ -1,6 +1,7 @@
 """Benchmark command: tiny synthetic datasets in the real layouts, --quick sizes, tiny models."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -507,6 +508,35 @@ def test_unit_log_merges_units_whose_method_ignores_the_differing_setting(tmp_pa
     with pytest.raises(ValueError, match="iterations: 3 there, 5 now"):
         UnitLog(tmp_path / "out2", "x", {**with_ldm, "iterations": 5}, ("method", "seed"),
                 merge_from=[tmp_path / "a"], method_settings=only)
+
+
+def test_monuseg_rows_run_with_each_methods_own_budget_join_one_report(tmp_path):
+    """TextDiff rows at 20 epochs and U-Net rows at 600 iterations come from two calls; each
+    method's row is reused where the settings it reads agree with the joining call, a row
+    trained under other settings of its own is not, and a shared setting still refuses."""
+    from napari_textdiff.benchmark.common import UnitLog
+    from napari_textdiff.benchmark.fewshot import METHOD_SETTINGS, MonusegConfig
+
+    base = dataclasses.asdict(MonusegConfig(k=[5], seeds=[0]))
+    td_call = {**base, "methods": ["textdiff"], "epochs": 20, "unet_iterations": 200}
+    unet_call = {**base, "methods": ["unet", "textdiff"], "epochs": 50,
+                 "unet_iterations": 600, "val_images": 4, "val_every": 50}
+    for name, cfg, rows in (("a", td_call, [("textdiff", 0.7)]),
+                            ("b", unet_call, [("unet", 0.6), ("textdiff", 0.5)])):
+        log = UnitLog(tmp_path / name, "monuseg", cfg, ("method", "seed"),
+                      method_settings=METHOD_SETTINGS)
+        for m, v in rows:
+            log.add({"method": m, "seed": 0, "metrics": {"dice": v}})
+    joint = {**base, "methods": ["textdiff", "unet"], "epochs": 20, "unet_iterations": 600,
+             "val_images": 4, "val_every": 50}
+    log = UnitLog(tmp_path / "out", "monuseg", joint, ("method", "seed"),
+                  merge_from=[tmp_path / "a", tmp_path / "b"], method_settings=METHOD_SETTINGS)
+    assert log.get("textdiff", 0)["metrics"] == {"dice": 0.7}     # b's 50-epoch row skipped
+    assert log.get("unet", 0)["metrics"] == {"dice": 0.6}
+    assert log.resumed_record()["not_reused"] == {"textdiff": "run with other epochs"}
+    with pytest.raises(ValueError, match="size: 256 there, 512 now"):
+        UnitLog(tmp_path / "out2", "monuseg", {**joint, "size": 512}, ("method", "seed"),
+                merge_from=[tmp_path / "a"], method_settings=METHOD_SETTINGS)
 
 
 def test_variants_feed_each_model_the_noise_steps_of_its_preset(tmp_path):

@@ -26,6 +26,17 @@ TEXTDIFF_MODES = {"textdiff": "cross_attention", "textdiff_no_text": "none",
                   "textdiff_no_xattn": "concat"}
 METHODS = (*TEXTDIFF_MODES, "unet", "mgcc_light", "random_forest")
 PROTOCOLS = ("paper", "tiles")
+_TD, _TRAINED = tuple(TEXTDIFF_MODES), ("unet", "mgcc_light")
+#: settings that change only these methods' rows: a unit of one method is reused (``--resume``,
+#: ``--merge``) when the settings that method reads agree, so rows run with each method's own
+#: budget (e.g. the U-Net at 600 iterations, TextDiff at 20 epochs) join one report
+METHOD_SETTINGS = {
+    **{k: _TD for k in ("max_train_tiles", "head_preset", "textdiff_overrides", "epochs",
+                        "min_head_steps", "backbone", "backbone_preset", "text_encoder")},
+    "unet_iterations": ("unet",), "unet_width": ("unet",),
+    "mgcc_iterations": ("mgcc_light",), "mgcc_width": ("mgcc_light",),
+    **{k: _TRAINED for k in ("val_images", "val_every", "batch_size")},
+}
 #: TextDiff settings that ``--textdiff-set`` may not change: each unit sets them
 OWNED_BY_BENCHMARK = frozenset({"text_mode", "epochs", "seed", "taps", "backbone",
                                 "text_encoder", "max_length"})
@@ -376,7 +387,7 @@ def run_monuseg(data, out_dir, config: MonusegConfig | None = None, argv=None,
     record = run_record(argv, dev, cfg.seeds, asdict(cfg), started)
     log = UnitLog(out, "monuseg", asdict(cfg), ("method", "protocol", "k", "seed"),
                   resume or finished_only, run=record, persist=write,
-                  merge_from=merge_from)
+                  merge_from=merge_from, method_settings=METHOD_SETTINGS)
     yield unit_event(0, len(units), "starting", t0)
     try:
         for i, (protocol, k, seed, method) in enumerate(units):
