@@ -547,7 +547,7 @@ def test_variants_feed_each_model_the_noise_steps_of_its_preset(tmp_path):
 
     from textdiff_testkit import make_tiny_backbone
 
-    from napari_textdiff.benchmark.fewshot import TextDiffVariants
+    from napari_textdiff.benchmark.textdiff_variants import TextDiffVariants
 
     v = TextDiffVariants(str(make_tiny_backbone(tmp_path / "bb")), torch.device("cpu"),
                          need_text=False, feature_cache_mb=64)

@@ -98,7 +98,7 @@ def run_speed(out_dir, config: SpeedConfig | None = None, argv=None,
     from ..core.mgcc.model import MGCCModel
     from ..core.progress import run
     from .baselines import UNet, UNetConfig
-    from .fewshot import TextDiffVariants
+    from .textdiff_variants import TextDiffVariants
 
     cfg = config or SpeedConfig()
     out = Path(out_dir)

@@ -84,7 +84,8 @@ def run_xray(data, out_dir, config: XrayConfig | None = None, argv=None,
     from ..core.metrics import mean_metrics
     from .common import seed_everything
     from ..core.textdiff.config import TextDiffConfig
-    from .fewshot import TextDiffVariants, _curve
+    from .fewshot import _curve
+    from .textdiff_variants import TextDiffVariants
 
     cfg = config or XrayConfig()
     out = Path(out_dir)
