@@ -21,7 +21,7 @@ from .common import (UnitLog, asdict, resolve_backbone, resumed_info, run_record
                      seed_everything, summarize, unit_event)
 from .textdiff_variants import TextDiffVariants
 
-__all__ = ["MonusegConfig", "run_monuseg", "TextDiffVariants", "METHODS", "TEXTDIFF_MODES"]
+__all__ = ["MonusegConfig", "run_monuseg", "METHODS", "TEXTDIFF_MODES"]
 
 TEXTDIFF_MODES = {"textdiff": "cross_attention", "textdiff_no_text": "none",
                   "textdiff_no_xattn": "concat"}

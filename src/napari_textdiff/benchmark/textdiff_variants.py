@@ -1,8 +1,4 @@
-"""TextDiff models of every benchmark variant over one shared backbone and text encoder.
-
-Variants (with text, without, without cross-attention), seeds and K values share one memoised
-feature extractor per set of noise steps, so a benchmark never recomputes a tile's features.
-"""
+"""TextDiff models of every benchmark variant (with text, without, without cross-attention)."""
 from __future__ import annotations
 
 from .common import FeatureMemo
