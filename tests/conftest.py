@@ -2,10 +2,18 @@
 torch at import time, so the core tests stay fast and GUI-free."""
 from __future__ import annotations
 
+import signal
 import sys
 
 import numpy as np
 import pytest
+
+
+def pytest_configure(config):
+    """Ctrl-C tests need SIGINT delivered: a suite started in the background (``make test &``,
+    ``nohup``) inherits SIGINT *ignored*, and so would every CLI subprocess it starts."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
