@@ -126,7 +126,8 @@ t1 = time.perf_counter()
 res = run(iter_segment_slide(model, s, 'The nuclei density is high.', region={region!r},
                              threshold=get_threshold(model), instances=True, block={block}))
 t2 = time.perf_counter()
-feats = list(label_features(res.labels, origin=res.box[:2], downsample=res.downsample, mpp=res.mpp))
+feats = list(label_features(res.labels, origin=res.box[:2], downsample=res.downsample, mpp=res.mpp,
+                            classification='Nucleus'))
 write_geojson({gj!r}, feats)
 import numpy as np
 xy = np.array([p for f in feats for p in f['geometry']['coordinates'][0]]) if feats else np.zeros((0, 2))

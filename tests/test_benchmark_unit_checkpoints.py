@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_benchmark import _blobs, make_busi  # noqa: E402
+from benchmark_datasets import blobs, make_busi  # noqa: E402
 
 
 def _examples(n=3, size=32):
@@ -20,7 +20,7 @@ def _examples(n=3, size=32):
     rng = np.random.default_rng(1)
     out = []
     for i in range(n):
-        img, m = _blobs(rng, size)
+        img, m = blobs(rng, size)
         out.append(Example(img.astype(np.float32) / 255, (m > 0).astype(np.uint8), "", str(i)))
     return out
 

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_benchmark import _blobs  # noqa: E402
+from benchmark_datasets import blobs  # noqa: E402
 
 
 def test_forest_stops_before_fitting_and_refuses_one_class_masks():
@@ -19,7 +19,7 @@ def test_forest_stops_before_fitting_and_refuses_one_class_masks():
     from napari_textdiff.core.progress import run
 
     rng = np.random.default_rng(0)
-    img, mask = _blobs(rng, 48)
+    img, mask = blobs(rng, 48)
     ex = Example(img.astype(np.float32) / 255, mask, name="a")
     assert run(train_random_forest([ex, ex], should_stop=lambda: True)) is None
     with pytest.raises(ValueError, match="foreground and background"):

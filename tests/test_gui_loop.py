@@ -32,6 +32,18 @@ def wait_idle(qtbot, w, timeout=60000):
         raise
 
 
+def segment_cells(viewer, qtbot, model_path):
+    """Segment and Fine-tune docked, one image "cells" segmented with ``model_path``."""
+    seg, ft = dock(viewer, "Segment"), dock(viewer, "Fine-tune")
+    seg.set_model_file(model_path)
+    seg.split.setChecked(False)
+    img, _ = blob_image()
+    viewer.add_image(img, name="cells")
+    seg.run_button.click()
+    wait_idle(qtbot, seg)
+    return seg, ft
+
+
 def test_panels_share_one_session_though_napari_wraps_the_viewer(viewer):
     image, seg = dock(viewer, "Image and description"), dock(viewer, "Segment")
     ft, syn = dock(viewer, "Fine-tune"), dock(viewer, "Synthetic preview")
@@ -89,13 +101,7 @@ def test_segment_after_finetune_uses_the_finetuned_model(viewer, qtbot, modality
 
 
 def test_corrected_only_after_a_person_paints(viewer, qtbot, fake_model_path):
-    seg, ft = dock(viewer, "Segment"), dock(viewer, "Fine-tune")
-    seg.set_model_file(fake_model_path)
-    seg.split.setChecked(False)
-    img, _ = blob_image()
-    viewer.add_image(img, name="cells")
-    seg.run_button.click()
-    wait_idle(qtbot, seg)
+    seg, ft = segment_cells(viewer, qtbot, fake_model_path)
     lab = viewer.layers["cells_labels"]
 
     def row():

@@ -140,3 +140,40 @@ def test_models_that_fill_holes_get_solid_objects_everywhere_a_mask_is_made():
     lab = probability_to_labels(ring, 0.5, True, Ring(True))
     assert lab[20, 20] > 0 and len(np.unique(lab[r < 12])) == 1
     assert not binary_mask(None, ring, 0.5)[20, 20]           # no model: threshold only
+
+
+def test_thresholds_outside_0_1_are_refused_by_predict_mask(tiny_mgcc_path):
+    """CLI review item 8: threshold=2, -1 or NaN gave an empty or a full mask in silence."""
+    from napari_textdiff.core.models import load_model
+    from napari_textdiff.core.prediction import binary_mask, predict_mask
+
+    m = load_model(tiny_mgcc_path, device="cpu")
+    img = np.random.default_rng(0).random((40, 36)).astype(np.float32)
+    for bad in (2, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"threshold .* outside the valid range \[0, 1\]"):
+            m.predict_mask(img, threshold=bad)
+        with pytest.raises(ValueError, match="valid range"):
+            binary_mask(m, np.zeros((4, 4), np.float32), bad)
+    with pytest.raises(TypeError, match="threshold must be a number"):
+        predict_mask(m, img, threshold="high")
+    assert m.predict_mask(img, threshold=1.0).shape == (40, 36)          # the ends are valid
+    assert m.predict_mask(img, threshold=0).all()
+
+
+@pytest.mark.parametrize("mode", ["resize", "tile"])
+def test_mgcc_takes_channels_first_images_like_textdiff(tiny_mgcc_path, mode):
+    """CLI review item 7: (C, H, W) input gave a (C, H)-shaped map without a word."""
+    from napari_textdiff.core.models import load_model
+
+    m = load_model(tiny_mgcc_path, device="cpu")
+    kw = {"mode": mode, "overlap": 8}                # the tiny model's tiles are 32 px
+    img = np.random.default_rng(1).random((40, 36)).astype(np.float32)
+    ref = m.predict_proba(img, **kw)
+    assert ref.shape == (40, 36)
+    for chw in (img[None], np.repeat(img[None], 3, axis=0)):
+        prob = m.predict_proba(chw, **kw)
+        assert prob.shape == (40, 36)
+        if chw.shape[0] == 1:
+            np.testing.assert_allclose(prob, ref, atol=1e-6)
+    with pytest.raises(ValueError, match="stack of 5 planes"):
+        m.predict_proba(np.zeros((5, 40, 36), np.float32), **kw)

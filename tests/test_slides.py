@@ -191,7 +191,7 @@ def test_cli_region_writes_the_region_mask_and_geojson_in_slide_coordinates(
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) == mask.max()
     f = fc["features"][0]
     assert f["properties"]["objectType"] == "detection"
-    assert f["properties"]["classification"]["name"] == "Nucleus"
+    assert f["properties"]["classification"]["name"] == "Object"   # a model of no modality
     assert f["properties"]["measurements"]["Area px"] > 0
     pts = np.array([p for ft in fc["features"] for p in ft["geometry"]["coordinates"][0]])
     assert pts[:, 0].min() >= x and pts[:, 0].max() <= x + w      # level-0 slide pixels

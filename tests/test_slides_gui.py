@@ -83,14 +83,18 @@ def test_segment_panel_streams_a_drawn_region_of_a_slide(small_slide, viewer, qt
 
     import dask.array as da
 
-    [(data, kw, _)] = read_paths(str(small_slide[0]))
-    layer = viewer.add_image(data, **kw)
-    viewer.add_shapes([np.array([[50.0, 60.0], [50.0, 110.0], [90.0, 110.0], [90.0, 60.0]])],
-                      shape_type="rectangle")
     w = SegmentWidget(viewer)
     viewer.window.add_dock_widget(w)
+    viewer.add_image(np.zeros((20, 20), np.uint8), name="plain")
+    assert not w.slide_area_choice.isEnabled()            # a plain image has no slide area
+    [(data, kw, _)] = read_paths(str(small_slide[0]))
+    layer = viewer.add_image(data, **kw)
+    assert w.slide_area_choice.isEnabled()                # a slide is open
+    viewer.add_shapes([np.array([[50.0, 60.0], [50.0, 110.0], [90.0, 110.0], [90.0, 60.0]])],
+                      shape_type="rectangle")
     w.set_model_file(tiny_mgcc_path)
     w.device.setCurrentText("cpu")
+    assert w.slide_area_choice.isEnabled()                # with its shapes selected too
     w.slide_area = "shapes"
     monkeypatch.setattr(da.Array, "__array__", lambda *a, **k: pytest.fail("level read whole"))
     assert w.run([layer])

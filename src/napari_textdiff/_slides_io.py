@@ -122,8 +122,10 @@ def _level0_of(data):
 
 
 def write_geojson_layer(path: str, data, attributes: dict) -> list[str]:
-    """napari writer: a Labels layer -> QuPath GeoJSON, one detection per object, in level-0
-    slide pixels (the layer's scale/translate undone)."""
+    """napari writer: a Labels layer -> QuPath GeoJSON, one detection per object (a binary
+    layer: per connected component), in level-0 slide pixels (the layer's scale/translate
+    undone), classified as the layer's GeoJSON said, else by its modality."""
+    from .core.defaults import object_class
     from .core.geojson import label_features, write_geojson
 
     origin, ds, mpp = labels_geometry(attributes)
@@ -141,7 +143,12 @@ def write_geojson_layer(path: str, data, attributes: dict) -> list[str]:
     p = Path(path)
     if p.suffix.lower() not in (".geojson", ".json"):
         p = p.with_suffix(".geojson")
-    return [write_geojson(p, label_features(lab, origin=origin, downsample=ds, mpp=mpp))]
+    meta = attributes.get("metadata") or {}
+    named = meta.get("classifications") or []
+    cls = named[0] if len(named) == 1 else object_class(meta.get("modality"))
+    binary = lab.size > 0 and int(lab.max()) <= 1
+    return [write_geojson(p, label_features(lab, origin=origin, downsample=ds, mpp=mpp,
+                                            classification=cls, components=binary))]
 
 
 def write_labels_pyramid(p: Path, data, attributes: dict) -> Path:

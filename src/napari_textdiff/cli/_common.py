@@ -31,6 +31,54 @@ def finite(text: str) -> float:
     return v
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number > 0 (a size or a count)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a whole number > 0")
+    return v
+
+
+def same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: equal once resolved (links, ``..``), or
+    ``os.path.samefile`` (hard links, case-blind disks) when both exist."""
+    import os
+    from pathlib import Path
+
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        if a.resolve() == b.resolve():
+            return True
+    except OSError:
+        pass
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def output_file(path, what: str, suffixes: tuple[str, ...], inputs=(), allowed=()):
+    """The output file ``path``, checked before any work: it must end in one of ``suffixes``,
+    must not be one of the user's ``inputs`` (unless it is one of ``allowed``) and must be
+    writable (:func:`writable_file`). Refusals name the path, the problem and what to do."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if p.suffix.lower() not in suffixes:
+        alt = p.with_suffix(suffixes[0]).name if p.name and p.stem else f"OUT{suffixes[0]}"
+        raise ValueError(f"{what} {path}: expected a {' or '.join(suffixes)} file name (this "
+                         f"writes {suffixes[0][1:]}); give e.g. {alt}")
+    if not any(same_file(p, a) for a in allowed):
+        hit = next((f for f in inputs if same_file(p, f)), None)
+        if hit is not None:
+            raise ValueError(f"{what} {path} is one of the inputs ({hit}): writing there would "
+                             "destroy it; give another file name")
+    return writable_file(p, what)
+
+
 def writable_file(path, what: str = "--out"):
     """The output file ``path`` after checking its folder can be written (creates it)."""
     from napari_textdiff.core.bundle import check_writable
@@ -129,13 +177,15 @@ def output_stems(paths) -> list[str]:
     return stems
 
 
-def run_keeping_work(model, gen, out, record: dict, which: str):
+def run_keeping_work(model, gen, out, record: dict, which: str, original=None):
     """Drive a training job with a progress line and return its result; on Ctrl-C close it
     (its cleanup leaves the model ``which`` describes, e.g. the best validated head) and save
     that model to ``out`` (atomic) before re-raising, saying so.
 
     ``record`` (a dict inside ``model.meta``) gets ``interrupted``, ``steps_run`` and
-    ``epochs_run``. Interrupted before any training step: nothing is saved.
+    ``epochs_run``. Interrupted before any training step: nothing is saved. ``original``: the
+    file a finished run would replace, left as it is by an interrupted one (``out`` is then
+    another name); the message says so.
     """
     from napari_textdiff.core.progress import print_progress
 
@@ -152,13 +202,16 @@ def run_keeping_work(model, gen, out, record: dict, which: str):
     except KeyboardInterrupt:
         gen.close()                          # the job's cleanup runs (core.progress)
         if not last["step"]:
-            print(f"interrupted before training started: nothing to save; {out} is "
-                  "unchanged", file=sys.stderr)
+            print(f"interrupted before training started: nothing to save; "
+                  f"{original or out} is unchanged", file=sys.stderr)
             raise
         record.update(interrupted=True, steps_run=last["step"], epochs_run=last["epoch"])
         model.save(out)
+        kept = "" if original is None else (
+            f"; {original} is unchanged (the run did not finish: rename {out} to it to keep "
+            "the interrupted model)")
         print(f"interrupted at epoch {last['epoch']} (step {last['step']}): saved {which} "
-              f"to {out}", file=sys.stderr, flush=True)
+              f"to {out}{kept}", file=sys.stderr, flush=True)
         raise
 
 

@@ -60,9 +60,11 @@ def _open(p: Path, plane):
 
 
 def segment_slide(p: Path, stem: str, model, text, args, out: Path, thr: float,
-                  instances: bool) -> dict:
+                  instances: bool, classification: str = "Object") -> dict:
     """Segment a slide (or ``--region`` of any image) streamed; write the mask (a tiled
-    pyramidal TIFF when large), and ``--geojson``. Returns the summary row."""
+    pyramidal TIFF when large), and ``--geojson``: one QuPath detection per object (binary
+    masks: per connected component), classified ``classification``. Returns the summary
+    row."""
     import time
 
     from napari_textdiff.core import io
@@ -100,8 +102,9 @@ def segment_slide(p: Path, stem: str, model, text, args, out: Path, thr: float,
                "read_s": round(t2 - t1, 3), "predict_s": round(t3 - t2, 3)}
         if args.geojson is not None:
             gj = Path(args.geojson) if args.geojson else out / f"{stem}.geojson"
-            feats = label_features(res.labels, origin=res.box[:2], downsample=res.downsample,
-                                   mpp=res.mpp)
+            lab = res.labels if instances else run(res.component_labels())
+            feats = label_features(lab, origin=res.box[:2], downsample=res.downsample,
+                                   mpp=res.mpp, classification=classification)
             row["geojson"] = write_geojson(gj, feats)
         row["write_s"] = round(time.monotonic() - t3, 3)
         if instances:

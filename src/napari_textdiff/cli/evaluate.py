@@ -138,6 +138,16 @@ def evaluate_folders(pred: Path, gt: Path, layout: str = "auto", split=None, tar
     return rows, metrics.mean_metrics(rows), missing
 
 
+def _input_files(pred, gt) -> list[Path]:
+    """Every file of the prediction folder and the ground-truth folder tree (images, masks and
+    the dataset's own tables such as ``descriptions.csv``): outputs must not overwrite them."""
+    files = []
+    for root, deep in ((Path(pred), False), (Path(gt), True)):
+        if root.is_dir():
+            files += [f for f in (root.rglob("*") if deep else root.iterdir()) if f.is_file()]
+    return files
+
+
 def _csv_bytes(rows, means, keys) -> bytes:
     buf = io_.StringIO()
     w = csv.writer(buf)
@@ -150,12 +160,13 @@ def _csv_bytes(rows, means, keys) -> bytes:
 
 
 def _run(args) -> int:
-    from napari_textdiff.cli._common import writable_file
+    from napari_textdiff.cli._common import output_file
     from napari_textdiff.core.bundle import atomic_write_bytes
 
-    for opt, path in (("--csv", args.csv), ("--json", args.json)):
+    inputs = _input_files(args.pred, args.gt) if args.csv or args.json else []
+    for opt, path, suffix in (("--csv", args.csv, ".csv"), ("--json", args.json, ".json")):
         if path is not None:           # before any scoring: a bad path fails at once
-            writable_file(path, opt)
+            output_file(path, opt, (suffix,), inputs=inputs)
     rows, means, missing = evaluate_folders(
         args.pred, args.gt, layout=args.layout, split=args.split, target=args.target,
         threshold=args.threshold, with_aji=args.aji, allow_missing=args.allow_missing)

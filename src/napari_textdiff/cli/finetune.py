@@ -5,7 +5,9 @@ of images beside their corrected ``NAME_mask`` / ``NAME_labels`` files (what ``s
 napari's "Save labels…" write, descriptions from the labels' sidecars). The model's own
 ``finetune()`` runs with the library's defaults (``core.finetune_defaults``, the numbers the
 Fine-tune panel shows) unless ``--epochs`` / ``--lr`` say otherwise. ``--out`` is checked
-before any work and written atomically; Ctrl-C saves the model as far as it got.
+before any work (a ``.safetensors`` name, none of the training images or masks) and written
+atomically; Ctrl-C saves the model as far as it got, to ``--out``, or beside it as
+``NAME.interrupted.safetensors`` when ``--out`` is MODEL itself (the original stays whole).
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ def register(sub) -> None:
     p.add_argument("model", help="model file to start from (.safetensors)")
     p.add_argument("data", help="images with corrected masks: any supported dataset layout, "
                                 "or images beside NAME_mask / NAME_labels files")
-    p.add_argument("--out", required=True, help="model file to write (may be MODEL itself)")
+    p.add_argument("--out", required=True,
+                   help="model file to write (.safetensors; may be MODEL itself: Ctrl-C then "
+                        "leaves MODEL whole and saves NAME.interrupted.safetensors beside it)")
     p.add_argument("--split", default=None, help="dataset split where the layout has splits")
     p.add_argument("--names", default=None, help="comma-separated image names to use "
                                                  "(default: every image with a mask)")
@@ -46,7 +50,8 @@ def register(sub) -> None:
 def _run(args) -> int:
     from pathlib import Path
 
-    from napari_textdiff.cli._common import load_model, run_keeping_work, writable_file
+    from napari_textdiff.cli._common import (load_model, output_file, run_keeping_work,
+                                             same_file, writable_file)
     from napari_textdiff.core.datasets import labelled_samples
     from napari_textdiff.core.finetune_defaults import MGCC_PART_DEFAULTS, finetune_defaults
 
@@ -56,8 +61,17 @@ def _run(args) -> int:
         given["train"] = args.part
     if bad:
         raise ValueError(f"{', '.join(bad)}: must be > 0")
-    out = Path(writable_file(args.out))    # before any work: a bad --out must not cost a run
+    # before any work: a bad --out must not cost a run
+    out = Path(output_file(args.out, "--out", (".safetensors",), allowed=[args.model]))
     samples = labelled_samples(args.data, args.split, args.describe_classes)
+    output_file(out, "--out", (".safetensors",), allowed=[args.model],
+                inputs=[f for s in samples for f in (s.image_path, *s.mask_paths)])
+    original = None
+    if same_file(out, args.model):         # Ctrl-C must not replace the model with half a run
+        original = out
+        out_on_stop = Path(writable_file(out.with_name(f"{out.stem}.interrupted{out.suffix}")))
+    else:
+        out_on_stop = out
     if args.names:
         wanted = [n.strip() for n in args.names.split(",") if n.strip()]
         missing = sorted(set(wanted) - {s.name for s in samples})
@@ -85,8 +99,8 @@ def _run(args) -> int:
     before = len(log)
     record = {"images": [s.name for s in samples], "data": str(args.data), **settings}
     log.append(record)                     # in the file an interrupted run saves
-    hist = run_keeping_work(model, model.finetune(examples, **given), out, record,
-                            "the model as far as it got")
+    hist = run_keeping_work(model, model.finetune(examples, **given), out_on_stop, record,
+                            "the model as far as it got", original=original)
     log[:] = [e for e in log if e is not record]
     if len(log) > before:                  # the job logged itself: add what the CLI knows
         log[-1].update(record)

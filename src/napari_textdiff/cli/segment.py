@@ -9,7 +9,13 @@ checked before the model is loaded.
 ``--modality`` uses the bundled model of that modality (its stored threshold, scale and
 instance splitting); folders are expanded to their images. Slides (pyramidal TIFF, SVS,
 NDPI, OME-TIFF) and ``--region X,Y,W,H`` go through the streamed whole-slide path
-(``core.wsi``): mask at level 0 (a tiled pyramidal TIFF when large), ``--geojson`` for QuPath.
+(``core.wsi``): mask at level 0 (a tiled pyramidal TIFF when large), ``--geojson`` for QuPath
+(one detection per object, classified by modality).
+
+Every output (the folder, ``--geojson PATH``) is checked before the model is loaded. An input
+that cannot be segmented (an unreadable file, no description in ``--texts-from``) does not stop
+the batch: the others are written, the failures are listed at the end (stderr and the JSON
+summary's ``failed``) and the exit status is 1.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import argparse
 import json
 import sys
 
-from napari_textdiff.cli._common import add_model_location_args, probability
+from napari_textdiff.cli._common import add_model_location_args, positive_int, probability
 
 
 def register(sub) -> None:
@@ -41,11 +47,13 @@ def register(sub) -> None:
     p.add_argument("--region", default=None, metavar="X,Y,W,H",
                    help="segment only this rectangle (level-0 pixels); the mask covers it")
     p.add_argument("--geojson", nargs="?", const="", default=None, metavar="OUT.geojson",
-                   help="also write the objects as QuPath GeoJSON (level-0 slide coordinates; "
-                        "default OUT/STEM.geojson) — slides and --region")
+                   help="also write the objects as QuPath GeoJSON, one detection per object "
+                        "(binary masks: per connected component), classified by modality "
+                        "(level-0 slide coordinates; default OUT/STEM.geojson; a PATH must "
+                        "end in .geojson or .json)")
     p.add_argument("--level", type=int, default=None,
                    help="slide pyramid level to read (default: closest to the model's scale)")
-    p.add_argument("--block", type=int, default=2048,
+    p.add_argument("--block", type=positive_int, default=2048,
                    help="slides: block side in level pixels streamed at a time (memory)")
     p.add_argument("--tissue", action="store_true",
                    help="slides: skip blocks without tissue (background glass)")
@@ -76,17 +84,119 @@ def _texts_from(path) -> dict[str, str]:
     return out
 
 
+def _check_outputs(args, images) -> None:
+    """``--region``, ``--geojson PATH`` and ``--plane``, before the model is loaded: a region
+    that parses; one GeoJSON file for one input, named .geojson/.json, none of the inputs,
+    writable; no plane of a pyramid."""
+    from pathlib import Path
+
+    from napari_textdiff.cli._common import output_file
+    from napari_textdiff.core.slides import is_slide
+
+    if args.region:
+        from napari_textdiff.core.wsi import parse_region
+
+        parse_region(args.region)        # malformed: refused before any work
+    if args.geojson:
+        if len(images) > 1:
+            raise ValueError("--geojson PATH names one file: with several inputs give "
+                             "--geojson alone (each input gets OUT/STEM.geojson)")
+        inputs = [*images, args.model, *(Path(f"{p}.json") for p in images)]
+        if args.texts_from and Path(args.texts_from).is_dir():
+            inputs += [f for f in Path(args.texts_from).rglob("*") if f.is_file()]
+        output_file(args.geojson, "--geojson", (".geojson", ".json"), inputs=inputs)
+    if args.plane is not None:
+        slides = [str(p) for p in images if p.is_file() and is_slide(p)]
+        if slides:
+            raise ValueError(f"{slides[0]} is a pyramidal slide: it has no planes to choose "
+                             "(--plane is for multi-page TIFFs, Z/T stacks and DICOM frames); "
+                             "drop --plane, or use --level for a pyramid level")
+
+
+def _descriptions(model, images, args, texts, failed: list) -> dict:
+    """Each image's description, found before any image is segmented. Images without one in
+    ``--texts-from`` go to ``failed`` (all of them: refused); a text-reading model given no
+    description at all is warned about."""
+    if not model.uses_text:
+        return {}
+    if args.text is not None:
+        return {p: args.text for p in images}
+    if not args.texts_from:
+        print(f"warning: {args.model} reads a description and none was given: every image "
+              "is segmented with an empty one (give --text or --texts-from DATASET)",
+              file=sys.stderr)
+        return {p: "" for p in images}
+    found = {p: texts.get(p.stem, texts.get(p.name)) for p in images}
+    missing = [p for p, t in found.items() if t is None]
+    if missing and len(missing) == len(images):
+        raise ValueError(f"none of the {len(images)} images has a description in "
+                         f"{args.texts_from} (matched by file name or stem, e.g. "
+                         f"{images[0].name}): check --texts-from, or give --text")
+    for p in missing:
+        failed.append({"image": str(p), "error": f"no description for this image in "
+                       f"{args.texts_from} (add one there, or segment it with --text)"})
+        print(f"warning: {p}: no description in {args.texts_from}; it is skipped",
+              file=sys.stderr)
+    bare = [p.name for p, t in found.items() if t == ""]
+    if bare:
+        print(f"warning: {len(bare)} image(s) have an empty description ({', '.join(bare[:3])}"
+              f"{' ...' if len(bare) > 3 else ''}); this model reads the text", file=sys.stderr)
+    return {p: t for p, t in found.items() if t is not None}
+
+
+def _segment_image(p, stem, model, text, args, out, thr) -> dict:
+    """One plain image: lazy read, tiled (or resized) prediction, mask file. Summary row."""
+    import time
+
+    import numpy as np
+
+    from napari_textdiff.core import io
+    from napari_textdiff.core.prediction import binary_mask, iter_predict
+    from napari_textdiff.core.progress import print_progress, run
+
+    t1 = time.monotonic()
+    # lazy: the file stays in its stored dtype (memory-mapped where it can); tiles are
+    # normalised as the model reads them (core.largeimage)
+    img = io.load_lazy(p, channels=model.channels, plane=args.plane)
+    h, w = int(img.shape[0]), int(img.shape[1])
+    t2 = time.monotonic()
+    prob = run(iter_predict(model, img, text, tiled=not args.resize, name=p.name),
+               callback=print_progress(every=2.0) if args.progress else None)
+    del img
+    t3 = time.monotonic()
+    mask = binary_mask(model, prob, thr)                 # bool: 1 byte a pixel
+    if args.save_proba:
+        io.write_image(out / f"{stem}_proba.tif", prob)
+    del prob
+    fg = np.count_nonzero(mask) / mask.size
+    if args.instances:
+        from napari_textdiff.core.instances import binary_to_instances
+        mask = binary_to_instances(mask)
+    dst = io.write_mask(out / f"{stem}_mask.{args.format}", mask)
+    t4 = time.monotonic()
+    row = {"image": str(p), "mask": str(dst), "height": h, "width": w,
+           "foreground": float(fg), "read_s": round(t2 - t1, 3),
+           "predict_s": round(t3 - t2, 3), "write_s": round(t4 - t3, 3)}
+    if args.instances:
+        row["instances"] = int(mask.max())
+    print(f"{p.name}: {w}x{h} predict {t3 - t2:.2f}s -> {dst}", file=sys.stderr)
+    return row
+
+
+def _named(path, error) -> str:
+    """``error`` with the file it is about in front, once."""
+    return str(error) if str(path) in str(error) else f"{path}: {error}"
+
+
 def _run(args) -> int:
     import time
     from pathlib import Path
 
-    import numpy as np
-
     from napari_textdiff.cli._common import load_model, output_stems, writable_folder
-    from napari_textdiff.core import io
+    from napari_textdiff.core.bundle import WriteError
     from napari_textdiff.core.calibration import get_threshold
-    from napari_textdiff.core.prediction import binary_mask, iter_predict
-    from napari_textdiff.core.progress import print_progress, run
+    from napari_textdiff.core.defaults import object_class
+    from napari_textdiff.core.slides import is_slide
 
     from napari_textdiff.cli._inputs import expand_inputs, segment_slide
 
@@ -114,61 +224,47 @@ def _run(args) -> int:
         if stem != p.stem:
             print(f"note: {p} is written as {stem}_mask.{args.format} (another input has "
                   f"the stem {p.stem!r})", file=sys.stderr)
+    _check_outputs(args, images)
+    texts = _texts_from(args.texts_from) if args.texts_from else {}
     t0 = time.monotonic()
     model = load_model(args)
     t_load = time.monotonic() - t0
-    texts = _texts_from(args.texts_from) if args.texts_from else {}
     thr = args.threshold if args.threshold is not None else get_threshold(model)
-    if args.geojson and len(images) > 1:
-        raise ValueError("--geojson PATH names one file: with several inputs give --geojson "
-                         "alone (each input gets OUT/STEM.geojson)")
-    from napari_textdiff.core.slides import is_slide
+    failed: list[dict] = []
+    text_of = _descriptions(model, images, args, texts, failed)
+    skip = {f["image"] for f in failed}
+    classification = object_class(args.modality, args.model)
 
     rows = []
     for p, stem in zip(images, stems):
-        text = None
-        if model.uses_text:
-            text = args.text if args.text is not None else \
-                texts.get(p.stem, texts.get(p.name))
-            if text is None:
-                if args.texts_from:
-                    raise ValueError(f"{p}: no description for this image in {args.texts_from}")
-                text = ""
-        if args.region or args.geojson is not None or is_slide(p):
-            rows.append(segment_slide(p, stem, model, text, args, out, thr, args.instances))
+        if str(p) in skip:
             continue
-        t1 = time.monotonic()
-        # lazy: the file stays in its stored dtype (memory-mapped where it can); tiles are
-        # normalised as the model reads them (core.largeimage)
-        img = io.load_lazy(p, channels=model.channels, plane=args.plane)
-        h, w = int(img.shape[0]), int(img.shape[1])
-        t2 = time.monotonic()
-        prob = run(iter_predict(model, img, text, tiled=not args.resize, name=p.name),
-                   callback=print_progress(every=2.0) if args.progress else None)
-        del img
-        t3 = time.monotonic()
-        mask = binary_mask(model, prob, thr)                 # bool: 1 byte a pixel
-        if args.save_proba:
-            io.write_image(out / f"{stem}_proba.tif", prob)
-        del prob
-        fg = np.count_nonzero(mask) / mask.size
-        if args.instances:
-            from napari_textdiff.core.instances import binary_to_instances
-            mask = binary_to_instances(mask)
-        dst = io.write_mask(out / f"{stem}_mask.{args.format}", mask)
-        t4 = time.monotonic()
-        row = {"image": str(p), "mask": str(dst), "height": h, "width": w,
-               "foreground": float(fg), "read_s": round(t2 - t1, 3),
-               "predict_s": round(t3 - t2, 3), "write_s": round(t4 - t3, 3)}
-        if args.instances:
-            row["instances"] = int(mask.max())
-        rows.append(row)
-        print(f"{p.name}: {w}x{h} predict {t3 - t2:.2f}s "
-              f"-> {dst}", file=sys.stderr)
+        text = text_of.get(p)
+        try:
+            if args.region or args.geojson is not None or is_slide(p):
+                rows.append(segment_slide(p, stem, model, text, args, out, thr,
+                                          args.instances, classification))
+            else:
+                rows.append(_segment_image(p, stem, model, text, args, out, thr))
+        except WriteError:
+            raise                        # an output problem stops every image alike
+        except (ValueError, OSError) as e:   # this input only: go on with the others
+            if len(images) == 1:
+                raise                    # nothing else to do: the plain one-line error
+            failed.append({"image": str(p), "error": str(e)})
+            print(f"failed: {_named(p, e)} (going on with the other images)", file=sys.stderr)
+    order = {str(p): i for i, p in enumerate(images)}
+    failed.sort(key=lambda f: order.get(f["image"], 0))
     total = sum(r["predict_s"] for r in rows)
     print(json.dumps({"model": str(args.model), "kind": model.kind, "threshold": thr,
                       **({"modality": args.modality} if args.modality else {}),
                       "load_s": round(t_load, 3), "predict_total_s": round(total, 3),
                       "predict_mean_s": round(total / max(1, len(rows)), 3),
-                      "images": rows}, indent=2))
+                      "images": rows, "failed": failed}, indent=2))
+    if failed:
+        print(f"segment: {len(failed)} of {len(images)} image(s) failed "
+              f"({len(rows)} written):", file=sys.stderr)
+        for f in failed:
+            print(f"  {_named(f['image'], f['error'])}", file=sys.stderr)
+        return 1
     return 0

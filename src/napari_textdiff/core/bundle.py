@@ -99,6 +99,10 @@ def check_writable(path, what: str = "output", folder: bool = False) -> Path:
         raise WriteError(errno.EISDIR, f"{what} {path} is a folder; give a file name")
     if folder and path.exists() and not path.is_dir():
         raise WriteError(errno.ENOTDIR, f"{what} {path} is a file; give a folder")
+    blocker = next((a for a in (d, *d.parents) if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():   # mkdir would say "File exists"
+        raise WriteError(errno.ENOTDIR, f"cannot write {what} {path}: {blocker} is a file, not "
+                                        "a folder (choose another location)")
     try:
         d.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".probe",
@@ -222,6 +226,10 @@ def read_bundle_header(path) -> dict:
     """Return ``{"format", "kind", "config", "meta"}`` without loading tensors (the file's
     length is checked against the header, so a truncated model is refused here already)."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(f.name for f in path.glob("*.safetensors"))[:3]
+        raise BundleError(f"{path} is a folder, not a model file: give a .safetensors model "
+                          "file" + (f" (in it: {', '.join(found)})" if found else ""))
     if not path.is_file():
         raise BundleError(f"{path}: model file not found")
     try:

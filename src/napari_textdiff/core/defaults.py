@@ -15,7 +15,8 @@ from pathlib import Path
 __all__ = ["ModalityDefaults", "MODALITIES", "modality_defaults", "models_dir",
            "default_model_path", "bundled_models", "missing_model_message",
            "default_backbone_dir", "default_ldm_dir", "config_dir", "load_settings",
-           "save_settings", "stored_threshold", "default_threshold"]
+           "save_settings", "stored_threshold", "default_threshold", "model_modality",
+           "object_class"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,19 +31,21 @@ class ModalityDefaults:
     split_instances: bool    # separate touching objects (nuclei) into instance labels
     text_hint: str           # placeholder for the description box
     extra_models: tuple[str, ...] = ()   # other bundled models of this modality (offered too)
+    object_class: str = "Object"         # QuPath classification of the objects found
 
 
 MODALITIES: dict[str, ModalityDefaults] = {
     "histology": ModalityDefaults(
         "histology", "Histology (H&E)", "histology.safetensors", 3, 0.5, True,
-        "e.g. The nuclei density in the upper right is high."),
+        "e.g. The nuclei density in the upper right is high.", object_class="Nucleus"),
     "xray": ModalityDefaults(
         "xray", "Chest X-ray", "xray.safetensors", 1, 0.5, False,
-        "e.g. Bilateral pulmonary infection, two infected areas, lower left and lower right lung."),
+        "e.g. Bilateral pulmonary infection, two infected areas, lower left and lower right lung.",
+        object_class="Infection"),
     "ultrasound": ModalityDefaults(
         "ultrasound", "Breast ultrasound", "ultrasound_mgcc.safetensors", 1, 0.5, False,
         "(the default MGCC model ignores text; the TextDiff one reads e.g. Benign breast lesion.)",
-        extra_models=("ultrasound.safetensors",)),
+        extra_models=("ultrasound.safetensors",), object_class="Lesion"),
 }
 
 _ALIASES = {"he": "histology", "h&e": "histology", "x-ray": "xray", "cxr": "xray",
@@ -95,6 +98,44 @@ def model_kind(path) -> str | None:
         return read_bundle_header(path).get("kind")
     except (BundleError, OSError):
         return None
+
+
+def model_modality(path) -> str | None:
+    """The modality a model file is for: the one its header names (``meta.modality``), else the
+    one whose bundled model it is; None when neither tells (a user's own model)."""
+    from .bundle import BundleError, read_bundle_header
+
+    try:
+        named = (read_bundle_header(path).get("meta") or {}).get("modality")
+    except (BundleError, OSError):
+        named = None
+    if isinstance(named, str):
+        try:
+            return _key(named)
+        except ValueError:
+            pass
+    for key in MODALITIES:
+        for p in bundled_models(key):
+            try:
+                if os.path.samefile(p, path):
+                    return key
+            except OSError:
+                pass
+    return None
+
+
+def object_class(modality: str | None = None, model=None) -> str:
+    """What a modality's objects are called in QuPath (GeoJSON ``classification``): histology
+    "Nucleus", X-ray "Infection", ultrasound "Lesion"; with only a ``model`` file, its modality's
+    (:func:`model_modality`); else the neutral "Object"."""
+    if modality is None and model is not None:
+        modality = model_modality(model)
+    if not modality:
+        return "Object"
+    try:
+        return modality_defaults(modality).object_class
+    except ValueError:
+        return "Object"
 
 
 def default_threshold(modality: str) -> float:

@@ -1,4 +1,5 @@
-"""QuPath GeoJSON: instance labels <-> one Polygon Feature per object, in level-0 pixels.
+"""QuPath GeoJSON: instance labels <-> one Polygon Feature per object, in level-0 pixels
+(binary masks: one per connected component).
 
 Why: most pathologists annotate in QuPath; its GeoJSON (File > Object data > Import/Export)
 is the exchange format it reads without scripts. Coordinates are full-resolution pixels with
@@ -72,18 +73,23 @@ def _rings(obj: np.ndarray) -> list[list[np.ndarray]]:
 
 
 def label_features(labels, *, origin=(0, 0), downsample=(1.0, 1.0), mpp: float | None = None,
-                   classification: str = "Nucleus", object_type: str = "detection"
-                   ) -> Iterator[dict]:
+                   classification: str = "Object", object_type: str = "detection",
+                   components: bool = False) -> Iterator[dict]:
     """One GeoJSON Feature per object of ``labels`` (int array, 0 = background).
 
     ``origin``: (row, col) of labels[0, 0] in its level's pixels; ``downsample``: (dy, dx)
     of that level vs level 0. Coordinates come out in level-0 pixels (corner origin).
-    Properties are those QuPath reads: objectType, classification {name, color},
-    measurements (area in px and, with ``mpp``, µm²).
+    Properties are those QuPath reads: objectType, classification {name, color} (the
+    modality's name for its objects: ``core.defaults.object_class``), measurements (area in px
+    and, with ``mpp``, µm²). ``components``: the labels are a binary mask (its one id covers
+    every object), so each 8-connected component is an object of its own; without it a
+    binary mask would be one MultiPolygon, which QuPath counts as a single object.
     """
     from scipy import ndimage as ndi
 
     lab = labels
+    if components:
+        lab, _ = ndi.label(np.asarray(labels) != 0, structure=np.ones((3, 3), bool))
     dy, dx = (float(downsample[0]), float(downsample[1]))
     oy, ox = origin
     for k, sl in enumerate(ndi.find_objects(np.asarray(lab)), 1):

@@ -13,7 +13,21 @@ import numpy as np
 
 from .progress import Progress
 
-__all__ = ["iter_predict", "predict_mask", "probability_to_labels", "binary_mask"]
+__all__ = ["iter_predict", "predict_mask", "probability_to_labels", "binary_mask",
+           "check_threshold"]
+
+
+def check_threshold(threshold) -> float:
+    """``threshold`` as a float after checking it is a probability in [0, 1]: 2, -1, NaN or
+    inf would give an empty or a full mask without a word."""
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        raise TypeError(f"threshold must be a number in [0, 1], got {threshold!r}") from None
+    if not 0.0 <= t <= 1.0:                  # NaN fails both comparisons
+        raise ValueError(f"threshold {threshold!r} is outside the valid range [0, 1]: give a "
+                         "probability such as 0.5 (or None for the model's own)")
+    return t
 
 
 def iter_predict(model, image, text: str | None = None, *, tiled: bool = True, device=None,
@@ -52,9 +66,10 @@ def predict_mask(model, image, text: str | None = None, *, threshold: float | No
         raise TypeError(f"predict_mask(image, text, *, threshold=...): the second argument is the "
                         f"description, got {type(text).__name__} {text!r}; pass a threshold as "
                         "threshold=...")
+    thr = get_threshold(model) if threshold is None else check_threshold(threshold)
     text = text if getattr(model, "uses_text", False) else None
     prob = model.predict_proba(image, text, **kw)
-    mask = binary_mask(model, prob, get_threshold(model) if threshold is None else threshold)
+    mask = binary_mask(model, prob, thr)
     mask = mask.astype(np.uint8)
     if instances:
         from .instances import binary_to_instances
@@ -65,8 +80,9 @@ def predict_mask(model, image, text: str | None = None, *, threshold: float | No
 
 def binary_mask(model, prob: np.ndarray, threshold: float) -> np.ndarray:
     """The one way a probability map becomes a mask: ``prob >= threshold``, then the model's
-    own post-processing (``config.fill_holes``: holes inside objects filled). Bool (H, W)."""
-    mask = np.asarray(prob) >= threshold
+    own post-processing (``config.fill_holes``: holes inside objects filled). Bool (H, W).
+    ``threshold`` outside [0, 1] (or NaN) is refused (:func:`check_threshold`)."""
+    mask = np.asarray(prob) >= check_threshold(threshold)
     if getattr(getattr(model, "config", None), "fill_holes", False) and mask.any():
         from scipy import ndimage as ndi
 

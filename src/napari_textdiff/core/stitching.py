@@ -23,7 +23,12 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 
 
 def block_grid(h: int, w: int, block: int) -> list[tuple[int, int, int, int]]:
-    """Non-overlapping cores ``(y0, x0, y1, x1)`` of at most ``block``² covering h×w."""
+    """Non-overlapping cores ``(y0, x0, y1, x1)`` of at most ``block``² covering h×w.
+    ``block`` must be a whole number > 0 (0 would loop forever or fail inside ``range``, and
+    a negative size would give no block at all: an empty mask)."""
+    if isinstance(block, bool) or int(block) != block or block <= 0:
+        raise ValueError(f"block size must be a whole number of pixels > 0, got {block!r}")
+    block = int(block)
     return [(y, x, min(y + block, h), min(x + block, w))
             for y in range(0, h, block) for x in range(0, w, block)]
 

@@ -50,6 +50,24 @@ class SlideLabels:
                      self.labels.shape[1] - 1)
         return np.asarray(self.labels)[np.ix_(iy, ix)]
 
+    def component_labels(self, should_stop: Callable[[], bool] | None = None):
+        """A binary result's objects, one id per 8-connected component (what GeoJSON needs:
+        one QuPath object each). Streamed results are labelled block by block into a memmap
+        in the work folder, never as one int32 array in memory. Generator of ``Progress``;
+        returns the labels (None when stopped)."""
+        from scipy import ndimage as ndi
+
+        if self.workdir is None:
+            lab, _ = ndi.label(np.asarray(self.labels) != 0, structure=np.ones((3, 3), bool))
+            return lab
+        from .stitching import iter_label_blocks
+
+        out = np.lib.format.open_memmap(Path(self.workdir.name) / "components.npy", "w+",
+                                        np.int32, tuple(self.labels.shape))
+        n = yield from iter_label_blocks(self.labels, out, should_stop=should_stop,
+                                         message="objects")
+        return None if n is None else out
+
     def close(self) -> None:
         if self.workdir is not None:
             self.labels = np.zeros((0, 0), np.int32)

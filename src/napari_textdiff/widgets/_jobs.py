@@ -67,8 +67,9 @@ def segment_job(get_model: Callable[[], Any], items: Sequence[SegmentItem], *,
 
 def finetune_job(session, pairs: Sequence[tuple[str, np.ndarray, np.ndarray, str]], *,
                  epochs: int, lr: float, should_stop: Callable[[], bool] | None = None,
-                 **kw):
-    """Fine-tune the session's model on ``(name, image_raw, labels, text)`` pairs.
+                 key: tuple | None = None, **kw):
+    """Fine-tune the session's model ``key`` (default: the current choice) on
+    ``(name, image_raw, labels, text)`` pairs.
 
     Saves a snapshot first; if training raises, the snapshot is restored (the previous model is
     kept) and the error re-raised. Returns the finetune generator's own return value.
@@ -77,20 +78,21 @@ def finetune_job(session, pairs: Sequence[tuple[str, np.ndarray, np.ndarray, str
     from ._layers import to_model_input
 
     yield Progress("load", 0, epochs, message="loading model")
-    model = session.ensure_model()
+    key = key or session.current_key()
+    model = session.ensure_model(key)
     examples = [Example(to_model_input(img, model.channels),
                         (np.asarray(lab) > 0).astype(np.uint8), text, name)
                 for name, img, lab, text in pairs]
-    snap = session.snapshot()
+    snap = session.snapshot(key)
     try:
         result = yield from model.finetune(examples, epochs=epochs, lr=lr,
                                            should_stop=should_stop, **kw)
     except GeneratorExit:
         raise                               # the consumer stopped at a yield: model is valid
     except BaseException:
-        session.restore(snap)
+        session.restore(snap, key)
         raise
-    session.mark_finetuned()
+    session.mark_finetuned(key)
     return result
 
 

@@ -5,13 +5,17 @@ A prediction goes into a Labels layer named after its image (``"<image>_labels"`
 and afterwards changed only through ``Labels.data_setitem`` inside ``block_history`` so one
 prediction is one Ctrl-Z step. "Corrected" means edited by a person with napari's tools
 (brush, eraser, fill, polygon): those commit a history item and emit ``paint``; our own
-prediction updates are made while :data:`_APPLYING` is set, and undo/redo emit no ``paint``,
-so neither a new prediction nor Ctrl-Z of one makes a layer "corrected". Ground-truth masks
+prediction updates are made while :data:`_APPLYING` is set, and undo/redo emit no ``paint``.
+After Ctrl-Z / redo a layer is "corrected" exactly when it matches none of our predictions into
+it: undoing a prediction that replaced corrections brings the corrections *and* their
+protection back; undoing a brush stroke, or a prediction back to an earlier one, leaves a
+prediction. Ground-truth masks
 opened from a dataset (``metadata["ground_truth"]``) are never a prediction target; they can
 be picked for fine-tuning explicitly.
 """
 from __future__ import annotations
 
+import hashlib
 import weakref
 
 import numpy as np
@@ -24,6 +28,23 @@ STATE_KEY = "textdiff_state"        # "prediction" or "corrected" (absent: not o
 LABELS_SUFFIX = "_labels"
 _APPLYING = [0]                     # > 0 while this plugin writes a prediction (GUI thread)
 _WATCHED: "weakref.WeakSet" = weakref.WeakSet()   # Labels layers whose paint we follow
+_PREDICTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # layer -> digests
+_PREDICTIONS_KEPT = 32              # digests per layer: far more than the undo steps people use
+
+
+def _digest(data) -> str:
+    a = np.ascontiguousarray(np.asarray(data))
+    h = hashlib.blake2b(f"{a.shape}{a.dtype}".encode(), digest_size=16)
+    h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+    return h.hexdigest()
+
+
+def _after_history(layer) -> None:
+    """After Ctrl-Z / redo: "corrected" unless the layer is back to one of our predictions."""
+    ours = _PREDICTIONS.get(layer)
+    if not ours or layer.metadata.get(STATE_KEY) is None:
+        return
+    layer.metadata[STATE_KEY] = "prediction" if _digest(layer.data) in ours else "corrected"
 
 
 def labels_name(image_name: str) -> str:
@@ -99,6 +120,13 @@ def track_corrections(viewer) -> None:
                 ly.metadata[STATE_KEY] = "corrected"
 
         layer.events.paint.connect(painted)
+        for name in ("undo", "redo"):          # napari's Ctrl-Z calls layer.undo()
+            def replay(_orig=getattr(layer, name)):
+                _orig()
+                ly = ref()
+                if ly is not None:
+                    _after_history(ly)
+            setattr(layer, name, replay)
         _WATCHED.add(layer)
 
     for ly in viewer.layers:
@@ -150,6 +178,9 @@ def apply_prediction(viewer, image_layer, labels: np.ndarray, modality: str | No
                 _APPLYING[0] -= 1
         layer.metadata.update(meta)
     layer.metadata[STATE_KEY] = "prediction"
+    ours = _PREDICTIONS.setdefault(layer, [])
+    ours.append(_digest(layer.data))
+    del ours[:-_PREDICTIONS_KEPT]
     return layer
 
 

@@ -12,7 +12,11 @@ from typing import Any, Callable
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QMessageBox, QProgressBar, QWidget
 
-__all__ = ["JobWidget"]
+__all__ = ["JobWidget", "JobFailed"]
+
+
+class JobFailed(Exception):
+    """A job's RuntimeError, re-raised as another type so the thread worker reports it."""
 
 
 class JobControl:
@@ -183,7 +187,13 @@ class JobWidget(QWidget):
 
             lower_this_thread_priority()
             wait_warm()
-            return (yield from gen_fn())
+            try:
+                return (yield from gen_fn())
+            except RuntimeError as err:
+                # superqt takes any RuntimeError for "the worker was deleted" and emits neither
+                # errored nor finished: the job would hold the viewer forever, unreported. torch
+                # raises RuntimeError for shape mismatches and out-of-memory alike.
+                raise JobFailed(str(err) or type(err).__name__) from err
 
         w = create_worker(drain, _start_thread=False, _ignore_errors=True)
         try:  # we report errors ourselves, with what failed and a clear message
@@ -239,8 +249,10 @@ def _abandon(control: JobControl, session) -> None:
 
 
 def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
-                       on_finish: Callable | None = None) -> bool:
-    """Segment image ``layers`` with the session's model and settings, from widget ``w``.
+                       on_finish: Callable | None = None, key: tuple | None = None,
+                       status_prefix: str = "") -> bool:
+    """Segment image ``layers`` with the session's model ``key`` (default: the current choice)
+    and settings, from widget ``w``; the final status line starts with ``status_prefix``.
 
     ``w`` needs ``progress`` (QProgressBar) and ``status`` (QLabel). Corrected labels are only
     overwritten if ``w.confirm`` says yes. Each image's labels change only when its prediction
@@ -250,6 +262,7 @@ def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
     from ._jobs import SegmentItem, segment_job
 
     viewer, session = w.viewer, w.session
+    key = key or session.current_key()
     keep = []
     for ly in layers:
         lab = _layers.find_labels(viewer, ly)
@@ -261,7 +274,7 @@ def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
                 continue
         keep.append(ly)
     if not keep:
-        w.status.setText("nothing to segment (corrected labels kept)")
+        w.status.setText(status_prefix + "nothing to segment (corrected labels kept)")
         return False
     items = [SegmentItem(ly.name, ly.data, _layers.description_of(ly)) for ly in keep]
     by_name = {ly.name: ly for ly in keep}
@@ -279,19 +292,20 @@ def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
                 _layers.apply_prediction(viewer, layer, seg.labels, modality)
             done.append(seg.name)
             w.status.setText(f"{seg.name}: {100 * seg.foreground:.1f}% foreground "
-                             f"({session.model_label})")
+                             f"({session.label_of(key)})")
 
     def on_done(n):
-        msg = f"segmented {n} of {len(items)} image(s) with {session.model_label}"
+        msg = (f"{status_prefix}segmented {n} of {len(items)} image(s) with "
+               f"{session.label_of(key)}")
         if w.should_stop() and n < len(items):
             left = [it.name for it in items if it.name not in done]
             msg += f"; stopped: {', '.join(left)} left as before"
         w.status.setText(msg)
 
     def on_error(err):
-        w.status.setText(f"error: {err}")
+        w.status.setText(f"{status_prefix}error: {err}")
 
     return w.start_job(
-        lambda: segment_job(session.ensure_model, items, threshold=threshold, split=split,
+        lambda: segment_job(lambda: session.ensure_model(key), items, threshold=threshold, split=split,
                             tiled=tiled, device=device, should_stop=w.should_stop),
         what=what, on_event=on_event, on_done=on_done, on_error=on_error, on_finish=on_finish)

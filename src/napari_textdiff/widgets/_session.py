@@ -2,8 +2,10 @@
 
 napari builds each dock widget on its own and hands each a *different* wrapper of the viewer
 (``PublicOnlyProxy``), so sessions are keyed on the real viewer behind any wrapper
-(:func:`real_viewer`): the Image panel's modality sets the Segment panel's model, a fine-tuned
-model is what Segment, Fine-tune and re-segment all use, and one job runs per viewer.
+(:func:`real_viewer`): the selected image's modality (or the Image panel's choice) sets the
+model of every panel, a fine-tuned model is what Segment, Fine-tune and re-segment all use, and
+one job runs per viewer. A choice made while a job runs waits for the job's end, so the job's
+model, settings and fine-tune credit stay those it started with.
 
 Models are loaded lazily (first Segment / Fine-tune) inside a worker thread, so neither
 napari's start nor opening a panel imports torch. Each model choice keeps its loaded model
@@ -19,7 +21,7 @@ import threading
 import weakref
 from pathlib import Path
 
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core import defaults
 
@@ -140,15 +142,19 @@ class Session(QObject):
         self.snapshots_by_key: dict[tuple, list[Path]] = {}
         self.finetunes: dict[tuple, int] = {}        # how often each model was fine-tuned
         self.model_key: tuple | None = None          # the key of :attr:`model`
-        self._memos: dict[str, object] = {}          # backbone fingerprint -> FeatureMemo
+        self._memos: dict[str, object] = {}          # features' memo_key -> FeatureMemo
         self._tmp = None
         self.busy = threading.Lock()                 # one long job per viewer at a time
         self.job = ""                                # what holds ``busy``
+        self._pending: list[tuple[str, str]] = []    # choices made during a job, in order
+        self._viewer = weakref.ref(viewer) if viewer is not None else None
         self.synthetic_pool = defaults.load_settings().get("synthetic_pool")
         if viewer is not None:
             from ._layers import track_corrections
 
             track_corrections(viewer)
+            viewer.layers.selection.events.active.connect(self._selection_changed)
+            self._selection_changed()
             start_warm_up()
 
     # -- the running job -------------------------------------------------------------------------
@@ -165,21 +171,57 @@ class Session(QObject):
         if self.busy.locked():
             self.busy.release()
         self.job_changed.emit("")
+        if self._pending:   # after the ending job's callbacks: a follow-up job keeps them waiting
+            QTimer.singleShot(0, self._apply_pending)
+
+    def _apply_pending(self) -> None:
+        if self.job:
+            return
+        pending, self._pending = self._pending, []
+        for what, value in pending:
+            getattr(self, f"set_{what}")(value)
+
+    def _defer(self, what: str, value: str) -> bool:
+        """During a job, remember the choice for its end (True); else False."""
+        if not self.job:
+            return False
+        self._pending.append((what, value))
+        return True
+
+    def _selection_changed(self, event=None) -> None:
+        """The selected image (or its labels) carries a modality: the model follows it, in
+        whatever panels are docked."""
+        viewer = self._viewer() if self._viewer is not None else None
+        if viewer is None:
+            return
+        meta = getattr(viewer.layers.selection.active, "metadata", None) or {}
+        mod = meta.get("modality")
+        src = meta.get("source_image")
+        if mod is None and src in viewer.layers:                 # labels -> its image
+            mod = viewer.layers[src].metadata.get("modality")
+        if mod in defaults.MODALITIES:
+            self.set_modality(mod)
 
     # -- choices -------------------------------------------------------------------------------
     def set_modality(self, modality: str) -> None:
         modality = defaults.modality_defaults(modality).name
+        if self._defer("modality", modality):
+            return
         if modality != self.modality:
             self.modality = modality
             self.modality_changed.emit(modality)
             self.model_changed.emit(self.model_label)
 
     def set_source(self, source: str) -> None:
+        if self._defer("source", source):
+            return
         if source != self.source:
             self.source = source
             self.model_changed.emit(self.model_label)
 
     def set_device(self, device: str) -> None:
+        if self._defer("device", device):
+            return
         if device != self.device:
             self.device = device
             self.model_changed.emit(self.model_label)
@@ -217,7 +259,10 @@ class Session(QObject):
     @property
     def model_label(self) -> str:
         """One name for the model in use, the same in every panel."""
-        key = self.current_key()
+        return self.label_of(self.current_key())
+
+    def label_of(self, key: tuple | None) -> str:
+        """The name of the model behind ``key`` (a job's own model, whatever is chosen now)."""
         if key is None:
             return "no model file for this modality"
         name = Path(key[0]).name
@@ -227,15 +272,16 @@ class Session(QObject):
         return f"{name}{state}{loaded}"
 
     # -- the model (call from the worker thread: may import torch and read big files) --------
-    def ensure_model(self):
-        """The model for the current choice: loaded once, then kept (fine-tunes included)."""
-        key = self.current_key()
+    def ensure_model(self, key: tuple | None = None):
+        """The model for ``key`` (default: the current choice): loaded once, then kept
+        (fine-tunes included). Jobs pass the key they started with."""
+        key = key or self.current_key()
         if key is None:
             self.resolve_source()            # raises the clear error
         if key not in self.models:
             from ..core.models import load_model
 
-            self.models[key] = self._remember_features(load_model(key[0], device=self.device))
+            self.models[key] = self._remember_features(load_model(key[0], device=key[1]))
             self.model_changed.emit(self.model_label)
         self.model_key = key
         return self.models[key]
@@ -245,48 +291,51 @@ class Session(QObject):
         feats = getattr(model, "features", None)
         if feats is None or not hasattr(feats, "fingerprint") or FEATURE_MEMO_MB <= 0:
             return model
-        from ..core.textdiff.feature_memo import FeatureMemo
+        from ..core.textdiff.feature_memo import FeatureMemo, memo_key
 
-        fp = feats.fingerprint()
+        fp = memo_key(feats)        # the backbone *and* its noise steps, taps and scale
         memo = self._memos.get(fp)
         if memo is None:
-            for old in self._memos.values():      # another backbone: free the old features
+            for old in self._memos.values():      # other features: free the old ones
                 old.close()
             self._memos = {fp: FeatureMemo(feats, ram_mb=FEATURE_MEMO_MB)}
             memo = self._memos[fp]
         model.features = memo
         return model
 
-    def snapshot(self) -> Path:
-        """Save the current model to a temporary bundle so a fine-tune can be reverted."""
+    def snapshot(self, key: tuple | None = None) -> Path:
+        """Save the model of ``key`` (default: the current choice) to a temporary bundle so a
+        fine-tune can be reverted."""
+        key = key or self.current_key()
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="napari-textdiff-")
-        snaps = self.snapshots
+        snaps = self.snapshots_by_key.setdefault(key, [])
         p = Path(self._tmp.name) / f"before_finetune_{id(snaps)}_{len(snaps) + 1}.safetensors"
-        self.model.save(p)
+        self.models[key].save(p)
         snaps.append(p)
         return p
 
-    def restore(self, snapshot: Path) -> None:
-        """Replace the current model by a saved snapshot (the state before a fine-tune)."""
+    def restore(self, snapshot: Path, key: tuple | None = None) -> None:
+        """Replace the model of ``key`` (default: the current choice) by a saved snapshot
+        (the state before a fine-tune)."""
         from ..core.models import load_model
 
         from ..core.device import release
 
-        key = self.current_key()
+        key = key or self.current_key()
         release(self.models.pop(key, None))      # free its (GPU) memory before loading
-        model = self._remember_features(load_model(snapshot, device=self.device))
+        model = self._remember_features(load_model(snapshot, device=key[1]))
         if hasattr(model, "to"):             # the shared memo may sit on another device
-            model = model.to(self.device)
+            model = model.to(key[1])
         self.models[key] = model
-        snaps = self.snapshots
+        snaps = self.snapshots_by_key.setdefault(key, [])
         if snapshot in snaps:
             del snaps[snaps.index(snapshot):]
         self.finetunes[key] = len(snaps)
         self.model_changed.emit(self.model_label)
 
-    def mark_finetuned(self) -> None:
-        key = self.current_key()
+    def mark_finetuned(self, key: tuple | None = None) -> None:
+        key = key or self.current_key()
         self.finetunes[key] = self.finetunes.get(key, 0) + 1
         self.model_changed.emit(self.model_label)
 

@@ -209,6 +209,8 @@ class FinetuneWidget(JobWidget):
                           _layers.description_of(img)))
         trained = {p[0] for p in pairs}
         epochs, lr, session = self.epochs.value() or None, self.lr.value() or None, self.session
+        # the job's model and modality: a selection made meanwhile waits for the job's end
+        key, modality = session.current_key(), session.modality
         part = self._part(self._current_kind())
         extra = {"train": part} if part is not None else {}
         self.plot.clear()
@@ -229,30 +231,36 @@ class FinetuneWidget(JobWidget):
             self.status.setText(ev.describe())
 
         def on_done(result):
-            state["ok"] = True
-            self.status.setText(("stopped early; the model trained so far is kept"
-                                 if self.should_stop() else "fine-tune finished") +
-                                f" ({len(pairs)} image(s))" +
-                                (f"; {state['note']}" if state.get("note") else "") +
-                                (f"; {ONE_IMAGE_ADVICE}" if len(pairs) == 1 else ""))
+            state["ok"], state["stopped"] = True, self.should_stop()
+            state["msg"] = (("stopped early; the model trained so far is kept"
+                             if state["stopped"] else "fine-tune finished") +
+                            f" ({len(pairs)} image(s))" +
+                            (f"; {state['note']}" if state.get("note") else "") +
+                            (f"; {ONE_IMAGE_ADVICE}" if len(pairs) == 1 else ""))
+            self.status.setText(state["msg"])
 
         def on_error(err):
             self.status.setText(f"fine-tune failed, previous model kept: {err}")
 
         def on_finish():
             self._set_running(False)
-            if state["ok"] and self.resegment.isChecked():
-                rest = [ly for ly in _layers.image_layers(self.viewer) if ly.name not in trained]
+            if state["ok"] and self.resegment.isChecked() and not state["stopped"]:
+                # only the other images of this model's modality: a fine-tuned histology head
+                # has nothing to say about an ultrasound image open beside it
+                rest = [ly for ly in _layers.image_layers(self.viewer) if ly.name not in trained
+                        and ly.metadata.get("modality", modality) == modality]
                 if rest:
                     self._set_running(True)
-                    if not start_segmentation(self, rest, what="Re-segmentation",
+                    if not start_segmentation(self, rest, what="Re-segmentation", key=key,
+                                              status_prefix=state["msg"] + "; ",
                                               on_finish=lambda: self._set_running(False)):
                         self._set_running(False)
             self.refresh()
 
         self._set_running(True)
         ok = self.start_job(lambda: finetune_job(session, pairs, epochs=epochs, lr=lr,
-                                                 should_stop=self.should_stop, **extra),
+                                                 should_stop=self.should_stop, key=key,
+                                                 **extra),
                             what="Fine-tuning", on_event=on_event, on_done=on_done,
                             on_error=on_error, on_finish=on_finish)
         if not ok:
@@ -280,14 +288,14 @@ class FinetuneWidget(JobWidget):
         """Back to the model before the last fine-tune (a no-op when there is none)."""
         if not self.session.snapshots or self.running:
             return False
-        snap = self.session.snapshots[-1]
+        snap, key = self.session.snapshots[-1], self.session.current_key()
         session = self.session
 
         def job():
             from ..core.progress import Progress
 
             yield Progress("revert", 0, 1, message="loading the previous model")
-            session.restore(snap)
+            session.restore(snap, key)
             yield Progress("revert", 1, 1, message="previous model restored")
 
         def on_event(ev):

@@ -95,9 +95,7 @@ class ImagePanel(QWidget):
             self.description.setPlainText(_layers.description_of(layer))
         finally:
             self._updating = False
-        mod = layer.metadata.get("modality")
-        if mod in defaults.MODALITIES:
-            self.session.set_modality(mod)
+        # the session itself follows the selected layer's modality (any panel docked)
 
     def _text_edited(self) -> None:
         if self._updating or self._layer is None:

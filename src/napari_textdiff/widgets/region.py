@@ -170,6 +170,7 @@ def start_region_segmentation(w, layer, area: str = "view", on_finish=None) -> b
     from ._layers import description_of
 
     viewer, session = w.viewer, w.session
+    key = session.current_key()             # the job's model, whatever is chosen meanwhile
     try:
         region, polygon = resolve_area(viewer, layer, area)
     except ValueError as e:
@@ -181,13 +182,14 @@ def start_region_segmentation(w, layer, area: str = "view", on_finish=None) -> b
         if isinstance(ev.payload, RegionLabels) and layer in viewer.layers:
             add_region_labels(viewer, layer, ev.payload)
             w.status.setText(f"{layer.name}: {ev.payload.objects} objects "
-                             f"({session.model_label})")
+                             f"({session.label_of(key)})")
 
     def on_error(err):
         w.status.setText(f"error: {err}")
 
     return w.start_job(
-        lambda: region_job(session.ensure_model, layer.metadata["source_path"], layer.name,
+        lambda: region_job(lambda: session.ensure_model(key), layer.metadata["source_path"],
+                           layer.name,
                            description_of(layer), region=region, polygon=polygon,
                            threshold=session.threshold, split=session.split,
                            should_stop=w.should_stop),

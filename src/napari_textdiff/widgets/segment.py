@@ -84,6 +84,9 @@ class SegmentWidget(JobWidget):
         self.session.modality_changed.connect(self.apply_modality_defaults)
         self.session.model_changed.connect(self.model_info.setText)
         self.session.job_changed.connect(self._job_changed)
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            ev.connect(self._layers_changed)
+        self._layers_changed()
         self.threshold.valueChanged.connect(self._settings_changed)
         self.split.toggled.connect(self._settings_changed)
         self.tiled.toggled.connect(self._settings_changed)
@@ -146,6 +149,12 @@ class SegmentWidget(JobWidget):
         self.session.threshold = self.threshold.value()
         self.session.split = self.split.isChecked()
         self.session.tiled = self.tiled.isChecked()
+
+    def _layers_changed(self, event=None) -> None:
+        """"Slide area" means something only once a whole-slide image is open."""
+        from .region import is_slide_layer
+
+        self.slide_area_choice.setEnabled(any(is_slide_layer(ly) for ly in self.viewer.layers))
 
     # -- running -----------------------------------------------------------------------------------
     def targets(self) -> list:

@@ -126,24 +126,26 @@ class MGCCModel:
 
         if device is not None:
             self.to(device)
+        from ..io import normalize_image
+
         mode = mode or (self.inference if tiled else "resize")
-        arr = np.asarray(image)
-        h, w = arr.shape[:2]
+        if mode not in ("resize", "tile"):
+            raise ValueError(f"unknown prediction mode {mode!r}: use 'resize' or 'tile'")
+        # normalised first, as TextDiff does: (C, H, W) becomes (H, W, C) there, so the map
+        # comes back (H, W); an array that is no image is refused with a clear message
+        img = normalize_image(np.asarray(image), channels=self.channels)
+        h, w = img.shape[:2]
         if mode == "resize":
             yield Progress("predict", 0, 1, message=name)
             if should_stop is not None and should_stop():
                 return None
-            x = image_tensor(arr, self.channels, self.size)[None]
+            x = image_tensor(img, self.channels, self.size, normalized=True)[None]
             prob = resize_proba(split_on_oom(self.predict_batch, self.device,
                                              "MGCC prediction")(x), (h, w))
             yield Progress("predict", 1, 1, message=name)
             return prob[0, 0].cpu().numpy().astype(np.float32)
-        if mode != "tile":
-            raise ValueError(f"unknown prediction mode {mode!r}: use 'resize' or 'tile'")
-        from ..io import normalize_image
         from ..tiling import iter_tiled
 
-        img = normalize_image(arr, channels=self.channels)
 
         def fn(tiles):  # float32 (B, t, t, C) -> (B, 1, t, t)
             t = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2)))

@@ -13,12 +13,14 @@ __all__ = ["image_tensor", "mask_tensor", "normalize_input",
            "resize_proba"]
 
 
-def image_tensor(image: np.ndarray, channels: int, size: int | None) -> torch.Tensor:
+def image_tensor(image: np.ndarray, channels: int, size: int | None,
+                 normalized: bool = False) -> torch.Tensor:
     """Image -> float32 tensor (C,size,size) in [0,1] (``io.normalize_image``, then an
-    antialiased bilinear resize)."""
+    antialiased bilinear resize). ``normalized``: ``image`` is already ``normalize_image``'s
+    (H, W, channels) float32 result (no second copy)."""
     from ..io import normalize_image
 
-    a = normalize_image(image, channels=channels)
+    a = image if normalized else normalize_image(image, channels=channels)
     t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
     if size is not None and tuple(t.shape[-2:]) != (size, size):
         t = F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False,

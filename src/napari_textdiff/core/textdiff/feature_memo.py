@@ -4,8 +4,8 @@ The frozen backbone's features of a tile never change, and they are the expensiv
 CPU (seconds per 256² tile, against a fraction of a second for the head). The napari session
 and the benchmarks wrap a model's ``DiffusionFeatures`` in a :class:`FeatureMemo`: keys are a
 hash of the working-scale tile's pixels (so image content and working geometry are both in
-the key) plus the backbone's fingerprint; values are fp16, kept in RAM up to a bound and
-spilled to a temporary folder beyond it. A new backbone gets a new memo.
+the key) plus what the features compute (:func:`memo_key`: the backbone and how it is read);
+values are fp16, kept in RAM up to a bound and spilled to a temporary folder beyond it.
 """
 from __future__ import annotations
 
@@ -17,7 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FeatureMemo"]
+__all__ = ["FeatureMemo", "memo_key"]
+
+
+def memo_key(features) -> str:
+    """What ``features`` compute besides the tile: its ``memo_key()`` (backbone and reading
+    settings), else its backbone fingerprint, else "" (a plain callable)."""
+    for name in ("memo_key", "fingerprint"):
+        f = getattr(features, name, None)
+        if callable(f):
+            return str(f())
+    return ""
 
 
 class FeatureMemo:
@@ -40,8 +50,7 @@ class FeatureMemo:
         self.hits = 0
         self.misses = 0
         self.compute_seconds = 0.0
-        fp = getattr(features, "fingerprint", None)
-        self._prefix = (fp() if callable(fp) else "").encode()
+        self._prefix = memo_key(features).encode()
 
     def __getattr__(self, name):   # taps, strides, out_channels, in_channels, fingerprint...
         return getattr(self._f, name)
@@ -104,9 +113,11 @@ class FeatureMemo:
                 "ram_mb": round(self._ram_bytes / 2 ** 20, 1), "disk_entries": len(self._disk)}
 
     def close(self):
+        """Forget every remembered tile (RAM and spill folder); the memo stays usable, empty."""
         self._ram.clear()
         self._ram_bytes = 0
         if self._own_dir and self._dir is not None:
             import shutil
             shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir, self._own_dir = None, False
         self._disk.clear()

@@ -154,8 +154,21 @@ class DiffusionFeatures:
         return [c * len(self.steps) for c in self.channels]
 
     def fingerprint(self) -> str:
+        """The backbone's identity (weights only): what a head's file is checked against."""
         from ..bundle import state_fingerprint
         return state_fingerprint(self.unet.state_dict())
+
+    def memo_key(self) -> str:
+        """What these features compute: the backbone *and* how it is read (noise steps, taps,
+        noise seed, schedule). Two models on one backbone read at other steps must not share
+        remembered features."""
+        import json
+
+        sched = dict(self.scheduler.config)
+        how = json.dumps([self.steps, self.taps, self.noise_seed]
+                         + [sched.get(k) for k in ("num_train_timesteps", "beta_schedule",
+                                                   "beta_start", "beta_end")], default=str)
+        return f"{self.fingerprint()}|{how}"
 
     def noise(self, h: int, w: int):
         """The fixed noise for an (h, w) input: seeded, identical for every image and step."""
@@ -281,6 +294,14 @@ class FeatureStack:
 
     def fingerprint(self) -> str:
         return self.diffusion.fingerprint() if self.diffusion is not None else "classic-only"
+
+    def memo_key(self) -> str:
+        """Everything the stack's output depends on besides the tile (see
+        :meth:`DiffusionFeatures.memo_key`): both parts and the diffusion scale."""
+        diff = self.diffusion.memo_key() if self.diffusion is not None else "-"
+        classic = (f"{self.classic.in_channels}:{self.classic.sigmas}"
+                   if self.classic is not None else "-")
+        return f"{diff}|scale {self.diffusion_scale}|classic {classic}"
 
     def to(self, device):
         for part in (self.diffusion, self.classic):
