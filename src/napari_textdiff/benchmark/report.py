@@ -225,8 +225,8 @@ def markdown(res: dict, heading_level: int = 2) -> str:
     lines += ["", f"Per-image metrics (empty prediction on empty mask = 1), averaged per seed; "
                   f"± is the sample std (n − 1) over seeds (subsets). Paper numbers: {paper.get('source', '')}."]
     if paper.get("reference"):
-        lines += ["", "Measured earlier on the withheld MoNuSeg test set (REFERENCE.md, paper "
-                      "protocol, 3 subsets of 5 images), Dice %: "
+        lines += ["", "Measured earlier on the withheld MoNuSeg test set "
+                      "(`../shared/REFERENCE.md`, paper protocol, 3 subsets of 5 images), Dice %: "
                   + "; ".join(f"{n} {v}" for n, v in paper["reference"]) + "."]
     lines.append("")
     return "\n".join(lines)
