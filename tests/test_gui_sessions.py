@@ -10,6 +10,19 @@ from test_gui_loop import dock, paint_correction, segment_cells, wait_idle
 pytestmark = pytest.mark.gui
 
 
+def _segment_all(viewer, model_path, names=("a", "b")):
+    """The Segment panel docked with ``model_path``, images ``names``; Segment all pressed."""
+    seg = dock(viewer, "Segment")
+    seg.set_model_file(model_path)
+    seg.split.setChecked(False)
+    for seed, name in enumerate(names, 1):
+        img, _ = blob_image(seed=seed)
+        viewer.add_image(img, name=name)
+    seg.all_images.setChecked(True)
+    seg.run_button.click()
+    return seg
+
+
 def _image(viewer, name, modality, seed, rgb):
     img, _ = blob_image(40, 40, rgb=rgb, seed=seed)
     return viewer.add_image(img, name=name, metadata={"modality": modality})
@@ -142,14 +155,7 @@ def test_finetune_keeps_its_model_and_resegments_only_its_modality(viewer, qtbot
 
 def test_stop_during_finetune_keeps_the_model_and_does_not_resegment(
         viewer, qtbot, fake_model_path, monkeypatch):
-    seg, ft = dock(viewer, "Segment"), dock(viewer, "Fine-tune")
-    seg.set_model_file(fake_model_path)
-    seg.split.setChecked(False)
-    for name, seed in (("a", 1), ("b", 2)):
-        img, _ = blob_image(seed=seed)
-        viewer.add_image(img, name=name)
-    seg.all_images.setChecked(True)
-    seg.run_button.click()
+    seg, ft = _segment_all(viewer, fake_model_path), dock(viewer, "Fine-tune")
     wait_idle(qtbot, seg)
     b_before = np.array(viewer.layers["b_labels"].data)
     paint_correction(viewer.layers["a_labels"], ((14, 14),))
@@ -192,3 +198,32 @@ def test_undoing_a_prediction_over_corrections_brings_their_protection_back(
     lab.redo()                                        # back to the prediction: unprotected
     ft.refresh()
     assert "not corrected" in ft.pairs.item(0).text()
+
+
+def test_changing_the_device_keeps_the_finetuned_model(viewer, qtbot, fake_model_path):
+    seg, ft = segment_cells(viewer, qtbot, fake_model_path)
+    paint_correction(viewer.layers["cells_labels"], ((14, 14),))
+    ft.refresh()
+    ft.resegment.setChecked(False)
+    ft.epochs.setValue(5)
+    ft.start_button.click()
+    wait_idle(qtbot, ft)
+    s = ft.session
+    tuned = s.model.w
+    assert tuned > 0.5 and "[fine-tuned ×1]" in s.model_label
+    seg.device.setCurrentText("cpu")                    # auto -> cpu
+    assert "[fine-tuned ×1]" in s.model_label and "loads on first use" not in s.model_label
+    assert ft.revert_button.isEnabled() and ft.save_button.isEnabled()
+    assert s.ensure_model().w == tuned                  # the fine-tuned one, not the file
+
+
+def test_an_image_removed_while_it_is_segmented_is_reported_not_written(
+        viewer, qtbot, slow_model_path, monkeypatch):
+    from conftest import SlowTiledModel
+
+    monkeypatch.setattr(SlowTiledModel, "tile_delay", 0.3)
+    seg = _segment_all(viewer, slow_model_path)
+    viewer.layers.remove("b")                      # while the job runs
+    wait_idle(qtbot, seg)
+    assert "a_labels" in viewer.layers and "b_labels" not in viewer.layers
+    assert "not written: b (its layer was removed)" in seg.status.text()

@@ -104,3 +104,58 @@ def test_segment_panel_streams_a_drawn_region_of_a_slide(small_slide, viewer, qt
     assert lab.data.shape == (160, 200)                      # 40x50 µm at 0.25 µm/pixel
     np.testing.assert_allclose(lab.translate, (50.0, 60.0))   # over the slide, in µm
     assert "objects" in w.status.text()
+
+
+def test_a_slide_beside_plain_images_in_the_docked_loop(small_slide, viewer, qtbot,
+                                                        tiny_mgcc_path):
+    """Region labels are predictions (not offered as corrections, replaced without asking until
+    a person paints, then asked); "all images", Fine-tune's list and its re-segmentation take
+    the plain images only: a slide is never read whole as if it were one."""
+    from napari_textdiff._reader import read_paths
+    from conftest import blob_image
+    from test_gui_loop import dock, paint_correction, wait_idle
+
+    seg, ft = dock(viewer, "Segment"), dock(viewer, "Fine-tune")
+    seg.set_model_file(tiny_mgcc_path)
+    seg.device.setCurrentText("cpu")
+    seg.split.setChecked(False)
+    [(data, kw, _)] = read_paths(str(small_slide[0]))
+    slide = viewer.add_image(data, **kw)
+    viewer.add_shapes([np.array([[50.0, 60.0], [50.0, 110.0], [90.0, 110.0], [90.0, 60.0]])],
+                      shape_type="rectangle")
+    seg.slide_area = "shapes"
+    asked = []
+    seg.confirm = lambda title, text: asked.append(text) or False
+    assert seg.run([slide])
+    wait_idle(qtbot, seg)
+    lab = viewer.layers[f"{slide.name}_labels"]
+    ft.refresh()
+    assert ft.checked_pairs() == []            # a fresh region prediction is no correction
+    assert seg.run([slide]) and not asked      # replaced without asking
+    wait_idle(qtbot, seg)
+    lab.brush_size = 10
+    lab.paint((5, 5), 1)                       # a person's edit: now it is asked, and kept
+    before = np.array(lab.data)
+    assert not seg.run([slide]) and len(asked) == 1
+    np.testing.assert_array_equal(lab.data, before)
+    # plain images beside the slide: "all images" and Fine-tune take those only
+    for name, seed in (("p1", 1), ("p2", 2)):
+        img, _ = blob_image(40, 40, rgb=True, seed=seed)
+        viewer.add_image(img, name=name)
+    seg.all_images.setChecked(True)
+    seg.run_button.click()
+    wait_idle(qtbot, seg)
+    assert seg.last_error is None, seg.last_error
+    assert "p1_labels" in viewer.layers and "p2_labels" in viewer.layers
+    paint_correction(viewer.layers["p1_labels"], ((14, 14),))
+    ft.refresh()
+    listed = [ft.pairs.item(i).data(0x0100)[0] for i in range(ft.pairs.count())]
+    assert slide.name not in listed and ft.checked_pairs() == [("p1", "p1_labels")]
+    shape_before = lab.data.shape
+    ft.resegment.setChecked(True)
+    ft.start_button.click()
+    wait_idle(qtbot, ft)
+    qtbot.waitUntil(lambda: ft.session.job == "", timeout=60000)
+    assert ft.last_error is None, ft.last_error
+    assert lab.data.shape == shape_before and f"{slide.name}_labels (old)" not in viewer.layers
+    assert asked == [asked[0]]                 # the slide's corrected labels: never asked again

@@ -73,6 +73,19 @@ def image_layers(viewer) -> list:
     return [ly for ly in viewer.layers if is_2d_image(ly)]
 
 
+def is_slide_layer(layer) -> bool:
+    """An image layer opened by our reader from a slide file (a lazy pyramid): segmented by
+    region (``widgets.region``), never read whole."""
+    meta = getattr(layer, "metadata", None) or {}
+    return bool(meta.get("slide")) and bool(meta.get("source_path"))
+
+
+def plain_image_layers(viewer) -> list:
+    """2-D images held whole (not slides): what "all images", Fine-tune and its
+    re-segmentation work on."""
+    return [ly for ly in image_layers(viewer) if not is_slide_layer(ly)]
+
+
 def is_ground_truth(layer) -> bool:
     return bool(layer.metadata.get("ground_truth"))
 

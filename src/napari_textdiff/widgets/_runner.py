@@ -282,6 +282,7 @@ def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
     modality = session.modality
     device = None if session.device == "auto" else session.device
     done: list[str] = []
+    gone: list[str] = []
 
     def on_event(ev):
         w.show_progress(w.progress, ev)
@@ -290,6 +291,8 @@ def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
             layer = by_name[seg.name]
             if layer in viewer.layers:
                 _layers.apply_prediction(viewer, layer, seg.labels, modality)
+            else:                            # closed by the user while it was segmented
+                gone.append(seg.name)
             done.append(seg.name)
             w.status.setText(f"{seg.name}: {100 * seg.foreground:.1f}% foreground "
                              f"({session.label_of(key)})")
@@ -300,6 +303,8 @@ def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
         if w.should_stop() and n < len(items):
             left = [it.name for it in items if it.name not in done]
             msg += f"; stopped: {', '.join(left)} left as before"
+        if gone:
+            msg += f"; not written: {', '.join(gone)} (its layer was removed)"
         w.status.setText(msg)
 
     def on_error(err):

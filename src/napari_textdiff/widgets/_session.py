@@ -148,6 +148,7 @@ class Session(QObject):
         self.job = ""                                # what holds ``busy``
         self._pending: list[tuple[str, str]] = []    # choices made during a job, in order
         self._viewer = weakref.ref(viewer) if viewer is not None else None
+        self._to_move: set[tuple] = set()            # loaded models whose device changed
         self.synthetic_pool = defaults.load_settings().get("synthetic_pool")
         if viewer is not None:
             from ._layers import track_corrections
@@ -223,7 +224,15 @@ class Session(QObject):
         if self._defer("device", device):
             return
         if device != self.device:
-            self.device = device
+            old, self.device = self.device, device
+            # loaded models (fine-tuned ones!) go along to the new device, not back to the file
+            for key in [k for k in self.models if k[1] == old]:
+                new = (key[0], device)
+                self.models[new] = self.models.pop(key)
+                for book in (self.finetunes, self.snapshots_by_key):
+                    if key in book:
+                        book[new] = book.pop(key)
+                self._to_move.add(new)
             self.model_changed.emit(self.model_label)
 
     def resolve_source(self) -> Path:
@@ -283,6 +292,10 @@ class Session(QObject):
 
             self.models[key] = self._remember_features(load_model(key[0], device=key[1]))
             self.model_changed.emit(self.model_label)
+        elif key in self._to_move:          # the device changed since it was loaded
+            self._to_move.discard(key)
+            if hasattr(self.models[key], "to"):
+                self.models[key] = self.models[key].to(key[1])
         self.model_key = key
         return self.models[key]
 

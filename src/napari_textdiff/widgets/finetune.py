@@ -154,7 +154,7 @@ class FinetuneWidget(JobWidget):
         self._filling = True
         try:
             self.pairs.clear()
-            for img in _layers.image_layers(self.viewer):
+            for img in _layers.plain_image_layers(self.viewer):   # slides: see README
                 work = _layers.find_labels(self.viewer, img)
                 cands = ([work] if work is not None else []) + \
                     _layers.find_ground_truth(self.viewer, img)
@@ -247,7 +247,8 @@ class FinetuneWidget(JobWidget):
             if state["ok"] and self.resegment.isChecked() and not state["stopped"]:
                 # only the other images of this model's modality: a fine-tuned histology head
                 # has nothing to say about an ultrasound image open beside it
-                rest = [ly for ly in _layers.image_layers(self.viewer) if ly.name not in trained
+                rest = [ly for ly in _layers.plain_image_layers(self.viewer)
+                        if ly.name not in trained
                         and ly.metadata.get("modality", modality) == modality]
                 if rest:
                     self._set_running(True)

@@ -15,16 +15,11 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.progress import Progress
+from ._layers import STATE_KEY, is_slide_layer  # noqa: F401 - is_slide_layer: API
 
 __all__ = ["is_slide_layer", "view_region", "shape_regions", "region_job", "RegionLabels",
            "labels_layer_kwargs", "add_region_labels", "resolve_area", "start_region_segmentation",
            "AREAS"]
-
-
-def is_slide_layer(layer) -> bool:
-    """An image layer opened by our reader from a slide file (a lazy pyramid)."""
-    return bool(getattr(layer, "metadata", {}).get("slide")) and \
-        bool(layer.metadata.get("source_path"))
 
 
 def _level0_shape(layer) -> tuple[int, int]:
@@ -111,7 +106,7 @@ def region_job(get_model: Callable[[], Any], slide_path, name: str, text: str = 
     return out
 
 
-def labels_layer_kwargs(r: RegionLabels, image_layer) -> dict:
+def labels_layer_kwargs(r: RegionLabels, image_layer, modality: str | None = None) -> dict:
     """scale/translate/metadata placing ``r`` exactly over ``image_layer`` (whose scale is
     µm or level-0 pixels) — the writers read the same keys back (``_slides_io``)."""
     u = np.asarray(image_layer.scale, float)[-2:]
@@ -122,18 +117,22 @@ def labels_layer_kwargs(r: RegionLabels, image_layer) -> dict:
     translate = (base[0] + (r.origin[0] + (dy - 1) / 2) * u[0],
                  base[1] + (r.origin[1] + (dx - 1) / 2) * u[1])
     meta = {"source_image": image_layer.name, "mpp": r.mpp, "objects": r.objects,
-            "description": image_layer.metadata.get("description", "")}
+            "description": image_layer.metadata.get("description", ""),
+            STATE_KEY: "prediction"}         # a person's edits make it "corrected" (_layers)
+    if modality:
+        meta["modality"] = modality
     return {"name": f"{r.name}_labels", "scale": scale, "translate": translate,
             "metadata": meta}
 
 
-def add_region_labels(viewer, image_layer, r: RegionLabels):
-    """Add (or replace the data of) ``<image>_labels`` for a region result."""
-    kw = labels_layer_kwargs(r, image_layer)
+def add_region_labels(viewer, image_layer, r: RegionLabels, modality: str | None = None):
+    """Add (or replace the data of) ``<image>_labels`` for a region result: a prediction, so
+    it is not offered as a correction and is replaced without asking until a person edits it."""
+    kw = labels_layer_kwargs(r, image_layer, modality)
     name = kw.pop("name")
     if name in viewer.layers:
         layer = viewer.layers[name]
-        layer.data = r.labels
+        layer.data = r.labels                  # no paint event: stays a prediction
         layer.scale, layer.translate = kw["scale"], kw["translate"]
         layer.metadata.update(kw["metadata"])
         return layer
@@ -167,20 +166,28 @@ def start_region_segmentation(w, layer, area: str = "view", on_finish=None) -> b
     """Run :func:`region_job` from a JobWidget ``w`` (the Segment panel: its session's model,
     threshold and instance splitting, its progress bar and Stop); labels go to
     ``<layer>_labels`` placed over the slide."""
-    from ._layers import description_of
+    from ._layers import description_of, find_labels, was_edited
 
     viewer, session = w.viewer, w.session
     key = session.current_key()             # the job's model, whatever is chosen meanwhile
+    modality = session.modality
     try:
         region, polygon = resolve_area(viewer, layer, area)
     except ValueError as e:
         w.status.setText(str(e))
         return False
+    lab = find_labels(viewer, layer)
+    if lab is not None and was_edited(lab) and not w.confirm(
+            "Replace corrected labels?",
+            f"'{lab.name}' was corrected by hand since the last prediction. Replace it with "
+            "the new region's prediction? (Save labels… keeps a copy first.)"):
+        w.status.setText("nothing segmented (corrected labels kept)")
+        return False
 
     def on_event(ev):
         w.show_progress(w.progress, ev)
         if isinstance(ev.payload, RegionLabels) and layer in viewer.layers:
-            add_region_labels(viewer, layer, ev.payload)
+            add_region_labels(viewer, layer, ev.payload, modality)
             w.status.setText(f"{layer.name}: {ev.payload.objects} objects "
                              f"({session.label_of(key)})")
 

@@ -159,7 +159,7 @@ class SegmentWidget(JobWidget):
     # -- running -----------------------------------------------------------------------------------
     def targets(self) -> list:
         if self.all_images.isChecked():
-            return _layers.image_layers(self.viewer)
+            return _layers.plain_image_layers(self.viewer)   # a slide: select it, by region
         layer = self.viewer.layers.selection.active
         if layer is not None and not _layers.is_2d_image(layer):
             src = layer.metadata.get("source_image")
