@@ -109,10 +109,12 @@ def test_segment_panel_streams_a_drawn_region_of_a_slide(small_slide, viewer, qt
 def test_a_slide_beside_plain_images_in_the_docked_loop(small_slide, viewer, qtbot,
                                                         tiny_mgcc_path):
     """Region labels are predictions (not offered as corrections, replaced without asking until
-    a person paints, then asked); "all images", Fine-tune's list and its re-segmentation take
-    the plain images only: a slide is never read whole as if it were one."""
+    a person paints, then asked); "all images" takes the plain images only (a slide is never
+    read whole as if it were one); a corrected region trains on its own slide pixels, apart
+    from whole images."""
     from napari_textdiff._reader import read_paths
     from conftest import blob_image
+    from qtpy.QtCore import Qt
     from test_gui_loop import dock, paint_correction, wait_idle
 
     seg, ft = dock(viewer, "Segment"), dock(viewer, "Fine-tune")
@@ -149,13 +151,29 @@ def test_a_slide_beside_plain_images_in_the_docked_loop(small_slide, viewer, qtb
     assert "p1_labels" in viewer.layers and "p2_labels" in viewer.layers
     paint_correction(viewer.layers["p1_labels"], ((14, 14),))
     ft.refresh()
-    listed = [ft.pairs.item(i).data(0x0100)[0] for i in range(ft.pairs.count())]
-    assert slide.name not in listed and ft.checked_pairs() == [("p1", "p1_labels")]
+    rows = {ft.pairs.item(i).data(Qt.UserRole): ft.pairs.item(i)
+            for i in range(ft.pairs.count())}
+    assert set(ft.checked_pairs()) == {("p1", "p1_labels"), (slide.name, lab.name)}
+    assert rows[(slide.name, lab.name)].text().endswith("(corrected)")
+    assert not ft.start() and not ft.running     # a region and a whole image: apart, please
+    from napari_textdiff.widgets.region import region_training_pixels
+
+    pixels, labels, scale = region_training_pixels(slide, lab)   # what training will see
+    y0, x0, y1, x1 = lab.metadata["slide_box"]
+    assert labels.shape == pixels.shape[:2] == (y1 - y0, x1 - x0) and scale > 0
+    if lab.metadata["slide_level"] == 0:
+        diff = np.abs(pixels.astype(int) - small_slide[1][y0:y1, x0:x1].astype(int))
+        assert diff.mean() < 2                 # the same pixels, up to JPEG tiles
+    rows[("p1", "p1_labels")].setCheckState(Qt.Unchecked)   # the corrected region alone
+    ft.resegment.setChecked(False)
+    ft.lr.setValue(0.1)
+    w0 = {k: v.clone() for k, v in ft.session.ensure_model().net.state_dict().items()}
     shape_before = lab.data.shape
-    ft.resegment.setChecked(True)
     ft.start_button.click()
     wait_idle(qtbot, ft)
-    qtbot.waitUntil(lambda: ft.session.job == "", timeout=60000)
     assert ft.last_error is None, ft.last_error
+    assert ft.session.finetunes.get(ft.session.current_key()) == 1
+    w1 = ft.session.model.net.state_dict()
+    assert any(not (w0[k] == w1[k]).all() for k in w0)      # it trained on the region
     assert lab.data.shape == shape_before and f"{slide.name}_labels (old)" not in viewer.layers
     assert asked == [asked[0]]                 # the slide's corrected labels: never asked again

@@ -23,7 +23,7 @@ from .progress import Progress
 from .slides import Slide, choose_level, model_mpp, model_scale
 
 __all__ = ["SlideLabels", "iter_segment_slide", "parse_region", "tissue_mask",
-           "slide_stain_statistics"]
+           "slide_stain_statistics", "at_scale"]
 
 
 @dataclasses.dataclass
@@ -39,6 +39,7 @@ class SlideLabels:
     objects: int
     mpp: float | None
     workdir: tempfile.TemporaryDirectory | None = None
+    scale: float | None = None          # the model's resize of the level's pixels (at_scale)
 
     def level0(self) -> np.ndarray:
         """The labels nearest-resized to exactly the requested level-0 region (h, w)."""
@@ -88,8 +89,12 @@ def parse_region(text: str) -> tuple[int, int, int, int]:
 
 
 @contextlib.contextmanager
-def _at_scale(model, scale: float):
-    """The model resizing by ``scale`` for a while (the slide level already did part of it)."""
+def at_scale(model, scale: float | None):
+    """The model resizing by ``scale`` for a while (the slide level already did part of it):
+    predicting on a level's pixels, and fine-tuning on a region read from that level."""
+    if scale is None:
+        yield
+        return
     c = getattr(model, "config", None)
     if c is None or not hasattr(c, "scale") or getattr(c, "resize_to", None) \
             or abs(scale - model_scale(model)) < 1e-9:
@@ -254,7 +259,7 @@ def iter_segment_slide(model, slide: Slide, text: str | None = None, *, region=N
             yield Progress("predict", 0, len(cores), message=f"{name}: stain statistics")
             stats = slide_stain_statistics(slide, (by0, bx0, by1, bx1), level, s_lvl,
                                            tissue=found, name=name)
-        with _at_scale(model, s_lvl):
+        with at_scale(model, s_lvl):
             for i, (cy0, cx0, cy1, cx1) in enumerate(cores):
                 if keep is not None and not keep[int(cy0 / f):math.ceil(cy1 / f),
                                                  int(cx0 / f):math.ceil(cx1 / f)].any():
@@ -308,4 +313,4 @@ def iter_segment_slide(model, slide: Slide, text: str | None = None, *, region=N
             tmp.cleanup()
         raise
     return SlideLabels(labels, level, (dy, dx), (by0, bx0, by1, bx1), (x, y, w, h), n,
-                       slide.mpp, tmp)
+                       slide.mpp, tmp, s_lvl)

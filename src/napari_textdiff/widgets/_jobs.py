@@ -67,9 +67,10 @@ def segment_job(get_model: Callable[[], Any], items: Sequence[SegmentItem], *,
 
 def finetune_job(session, pairs: Sequence[tuple[str, np.ndarray, np.ndarray, str]], *,
                  epochs: int, lr: float, should_stop: Callable[[], bool] | None = None,
-                 key: tuple | None = None, **kw):
+                 key: tuple | None = None, scale: float | None = None, **kw):
     """Fine-tune the session's model ``key`` (default: the current choice) on
-    ``(name, image_raw, labels, text)`` pairs.
+    ``(name, image_raw, labels, text)`` pairs. ``scale``: regions read from a slide level are
+    trained at the resize their prediction used (``core.wsi.at_scale``).
 
     Saves a snapshot first; if training raises, the snapshot is restored (the previous model is
     kept) and the error re-raised. Returns the finetune generator's own return value.
@@ -85,8 +86,11 @@ def finetune_job(session, pairs: Sequence[tuple[str, np.ndarray, np.ndarray, str
                 for name, img, lab, text in pairs]
     snap = session.snapshot(key)
     try:
-        result = yield from model.finetune(examples, epochs=epochs, lr=lr,
-                                           should_stop=should_stop, **kw)
+        from ..core.wsi import at_scale
+
+        with at_scale(model, scale):
+            result = yield from model.finetune(examples, epochs=epochs, lr=lr,
+                                               should_stop=should_stop, **kw)
     except GeneratorExit:
         raise                               # the consumer stopped at a yield: model is valid
     except BaseException:

@@ -154,10 +154,15 @@ class FinetuneWidget(JobWidget):
         self._filling = True
         try:
             self.pairs.clear()
-            for img in _layers.plain_image_layers(self.viewer):   # slides: see README
+            for img in _layers.image_layers(self.viewer):
                 work = _layers.find_labels(self.viewer, img)
-                cands = ([work] if work is not None else []) + \
-                    _layers.find_ground_truth(self.viewer, img)
+                if _layers.is_slide_layer(img):      # a slide: its region labels, if small
+                    from .region import trainable_region
+
+                    cands = [work] if work is not None and trainable_region(work) else []
+                else:
+                    cands = ([work] if work is not None else []) + \
+                        _layers.find_ground_truth(self.viewer, img)
                 for lab in cands:
                     if lab not in self._watched:      # re-list when the user paints
                         self._watched.add(lab)
@@ -202,11 +207,28 @@ class FinetuneWidget(JobWidget):
         if not chosen:
             self.notify_info("napari-textdiff: tick at least one image with corrected labels.")
             return False
-        pairs = []
+        pairs, scales = [], set()
         for n, la in chosen:
             img, lab = self.viewer.layers[n], self.viewer.layers[la]
-            pairs.append((n, np.asarray(img.data).copy(), np.asarray(lab.data).copy(),
-                          _layers.description_of(img)))
+            if _layers.is_slide_layer(img):     # the region's pixels, read back from the slide
+                from .region import region_training_pixels
+
+                try:
+                    image, labels, scale = region_training_pixels(img, lab)
+                except (ValueError, OSError) as err:
+                    self.notify_error(err, "Reading the slide region")
+                    return False
+            else:
+                image, labels, scale = np.asarray(img.data).copy(), \
+                    np.asarray(lab.data).copy(), None
+            scales.add(scale)
+            pairs.append((n, image, labels, _layers.description_of(img)))
+        if len(scales) > 1:
+            self.notify_info("napari-textdiff: slide regions are read at their pyramid level: "
+                             "fine-tune them apart from whole images (and regions of one "
+                             "level together).")
+            return False
+        scale = scales.pop()
         trained = {p[0] for p in pairs}
         epochs, lr, session = self.epochs.value() or None, self.lr.value() or None, self.session
         # the job's model and modality: a selection made meanwhile waits for the job's end
@@ -261,7 +283,7 @@ class FinetuneWidget(JobWidget):
         self._set_running(True)
         ok = self.start_job(lambda: finetune_job(session, pairs, epochs=epochs, lr=lr,
                                                  should_stop=self.should_stop, key=key,
-                                                 **extra),
+                                                 scale=scale, **extra),
                             what="Fine-tuning", on_event=on_event, on_done=on_done,
                             on_error=on_error, on_finish=on_finish)
         if not ok:

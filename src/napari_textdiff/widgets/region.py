@@ -119,6 +119,11 @@ def labels_layer_kwargs(r: RegionLabels, image_layer, modality: str | None = Non
     meta = {"source_image": image_layer.name, "mpp": r.mpp, "objects": r.objects,
             "description": image_layer.metadata.get("description", ""),
             STATE_KEY: "prediction"}         # a person's edits make it "corrected" (_layers)
+    res = r.result
+    if res is not None and getattr(res, "scale", None) is not None:
+        # where the labels' pixels come from: Fine-tune reads the same pixels back
+        meta.update(slide_level=int(res.level), slide_box=[int(v) for v in res.box],
+                    slide_scale=float(res.scale))
     if modality:
         meta["modality"] = modality
     return {"name": f"{r.name}_labels", "scale": scale, "translate": translate,
@@ -137,6 +142,35 @@ def add_region_labels(viewer, image_layer, r: RegionLabels, modality: str | None
         layer.metadata.update(kw["metadata"])
         return layer
     return viewer.add_labels(r.labels, name=name, **kw)
+
+
+#: the largest region (level pixels) Fine-tune reads back whole: what is written as a plain mask
+MAX_TRAINING_REGION = 4096 * 4096
+
+
+def trainable_region(labels_layer) -> bool:
+    """Region labels Fine-tune can train on: they know their slide pixels and fit in RAM."""
+    box = labels_layer.metadata.get("slide_box")
+    return box is not None and labels_layer.metadata.get("slide_scale") is not None and \
+        (box[2] - box[0]) * (box[3] - box[1]) <= MAX_TRAINING_REGION
+
+
+def region_training_pixels(image_layer, labels_layer):
+    """(image, labels, scale) of a region of a slide for fine-tuning: the slide's pixels at
+    the level and box the labels were predicted on, and the model's resize there (``at_scale``),
+    so training sees exactly what prediction saw."""
+    from ..core.slides import open_slide
+
+    m = labels_layer.metadata
+    y0, x0, y1, x1 = (int(v) for v in m["slide_box"])
+    image = open_slide(image_layer.metadata["source_path"]).read(int(m["slide_level"]),
+                                                                 y0, x0, y1, x1)
+    labels = np.asarray(labels_layer.data)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"'{labels_layer.name}' is {labels.shape[1]}x{labels.shape[0]}, its "
+                         f"slide region {image.shape[1]}x{image.shape[0]}: segment the region "
+                         "again, correct it, then fine-tune")
+    return image, labels.copy(), float(m["slide_scale"])
 
 
 AREAS = ("view", "shapes", "slide")      # what the Segment panel offers for a slide layer
