@@ -42,29 +42,13 @@ def positive_int(text: str) -> int:
     return v
 
 
-def same_file(a, b) -> bool:
-    """Whether paths ``a`` and ``b`` name one file: equal once resolved (links, ``..``), or
-    ``os.path.samefile`` (hard links, case-blind disks) when both exist."""
-    import os
-    from pathlib import Path
-
-    a, b = Path(a).expanduser(), Path(b).expanduser()
-    try:
-        if a.resolve() == b.resolve():
-            return True
-    except OSError:
-        pass
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def output_file(path, what: str, suffixes: tuple[str, ...], inputs=(), allowed=()):
     """The output file ``path``, checked before any work: it must end in one of ``suffixes``,
     must not be one of the user's ``inputs`` (unless it is one of ``allowed``) and must be
     writable (:func:`writable_file`). Refusals name the path, the problem and what to do."""
     from pathlib import Path
+
+    from napari_textdiff.core.bundle import same_file
 
     p = Path(path).expanduser()
     if p.suffix.lower() not in suffixes:

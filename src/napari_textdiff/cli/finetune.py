@@ -51,7 +51,8 @@ def _run(args) -> int:
     from pathlib import Path
 
     from napari_textdiff.cli._common import (load_model, output_file, run_keeping_work,
-                                             same_file, writable_file)
+                                             writable_file)
+    from napari_textdiff.core.bundle import same_file
     from napari_textdiff.core.datasets import labelled_samples
     from napari_textdiff.core.finetune_defaults import MGCC_PART_DEFAULTS, finetune_defaults
 

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["BundleError", "save_bundle", "load_bundle", "read_bundle_header", "FORMAT_VERSION",
-           "state_fingerprint", "atomic_write", "atomic_write_bytes", "atomic_write_csv",
-           "check_writable",
-           "WriteError", "check_bundle_complete"]
+           "state_fingerprint", "same_file", "atomic_write", "atomic_write_bytes",
+           "atomic_write_csv", "check_writable", "WriteError", "check_bundle_complete"]
 
 FORMAT_VERSION = 1
 _KEY = "napari_textdiff"
@@ -86,6 +85,21 @@ def _clean_stale_temps(path: Path) -> None:
                 os.unlink(e.path)
             except OSError:
                 pass
+
+
+def same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: equal once resolved (links, ``..``), or
+    ``os.path.samefile`` (hard links, case-blind disks) when both exist."""
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        if a.resolve() == b.resolve():
+            return True
+    except OSError:
+        pass
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def check_writable(path, what: str = "output", folder: bool = False) -> Path:

@@ -114,13 +114,11 @@ def model_modality(path) -> str | None:
             return _key(named)
         except ValueError:
             pass
+    from .bundle import same_file
+
     for key in MODALITIES:
-        for p in bundled_models(key):
-            try:
-                if os.path.samefile(p, path):
-                    return key
-            except OSError:
-                pass
+        if any(same_file(p, path) for p in bundled_models(key)):
+            return key
     return None
 
 

@@ -248,6 +248,17 @@ def _abandon(control: JobControl, session) -> None:
         control.release(session)
 
 
+def may_replace(w: JobWidget, labels, undo_hint: str) -> bool:
+    """Whether a new prediction may go into ``labels``: yes unless a person corrected them
+    and, asked through ``w.confirm``, says no."""
+    from . import _layers
+
+    return labels is None or not _layers.was_edited(labels) or w.confirm(
+        "Overwrite corrected labels?",
+        f"'{labels.name}' was corrected by hand since the last prediction. Replace it with a "
+        f"new prediction? {undo_hint}")
+
+
 def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
                        on_finish: Callable | None = None, key: tuple | None = None,
                        status_prefix: str = "") -> bool:
@@ -263,16 +274,8 @@ def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
 
     viewer, session = w.viewer, w.session
     key = key or session.current_key()
-    keep = []
-    for ly in layers:
-        lab = _layers.find_labels(viewer, ly)
-        if lab is not None and _layers.was_edited(lab):
-            if not w.confirm("Overwrite corrected labels?",
-                             f"'{lab.name}' was corrected by hand since the last prediction. "
-                             "Replace it with a new prediction? (Ctrl-Z on the layer undoes "
-                             "it.)"):
-                continue
-        keep.append(ly)
+    undo = "(Ctrl-Z on the layer undoes it.)"
+    keep = [ly for ly in layers if may_replace(w, _layers.find_labels(viewer, ly), undo)]
     if not keep:
         w.status.setText(status_prefix + "nothing to segment (corrected labels kept)")
         return False
@@ -311,6 +314,7 @@ def start_segmentation(w: JobWidget, layers, *, what: str = "Segmentation",
         w.status.setText(f"{status_prefix}error: {err}")
 
     return w.start_job(
-        lambda: segment_job(lambda: session.ensure_model(key), items, threshold=threshold, split=split,
-                            tiled=tiled, device=device, should_stop=w.should_stop),
+        lambda: segment_job(lambda: session.ensure_model(key), items, threshold=threshold,
+                            split=split, tiled=tiled, device=device,
+                            should_stop=w.should_stop),
         what=what, on_event=on_event, on_done=on_done, on_error=on_error, on_finish=on_finish)

@@ -15,9 +15,9 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.progress import Progress
-from ._layers import STATE_KEY, is_slide_layer  # noqa: F401 - is_slide_layer: API
+from ._layers import STATE_KEY
 
-__all__ = ["is_slide_layer", "view_region", "shape_regions", "region_job", "RegionLabels",
+__all__ = ["view_region", "shape_regions", "region_job", "RegionLabels",
            "labels_layer_kwargs", "add_region_labels", "resolve_area", "start_region_segmentation",
            "AREAS"]
 
@@ -200,7 +200,8 @@ def start_region_segmentation(w, layer, area: str = "view", on_finish=None) -> b
     """Run :func:`region_job` from a JobWidget ``w`` (the Segment panel: its session's model,
     threshold and instance splitting, its progress bar and Stop); labels go to
     ``<layer>_labels`` placed over the slide."""
-    from ._layers import description_of, find_labels, was_edited
+    from ._layers import description_of, find_labels
+    from ._runner import may_replace
 
     viewer, session = w.viewer, w.session
     key = session.current_key()             # the job's model, whatever is chosen meanwhile
@@ -210,11 +211,7 @@ def start_region_segmentation(w, layer, area: str = "view", on_finish=None) -> b
     except ValueError as e:
         w.status.setText(str(e))
         return False
-    lab = find_labels(viewer, layer)
-    if lab is not None and was_edited(lab) and not w.confirm(
-            "Replace corrected labels?",
-            f"'{lab.name}' was corrected by hand since the last prediction. Replace it with "
-            "the new region's prediction? (Save labels… keeps a copy first.)"):
+    if not may_replace(w, find_labels(viewer, layer), "(Save labels… keeps a copy first.)"):
         w.status.setText("nothing segmented (corrected labels kept)")
         return False
 

@@ -152,9 +152,8 @@ class SegmentWidget(JobWidget):
 
     def _layers_changed(self, event=None) -> None:
         """"Slide area" means something only once a whole-slide image is open."""
-        from .region import is_slide_layer
-
-        self.slide_area_choice.setEnabled(any(is_slide_layer(ly) for ly in self.viewer.layers))
+        self.slide_area_choice.setEnabled(any(_layers.is_slide_layer(ly)
+                                              for ly in self.viewer.layers))
 
     # -- running -----------------------------------------------------------------------------------
     def targets(self) -> list:
@@ -172,9 +171,9 @@ class SegmentWidget(JobWidget):
         if not layers:
             self.notify_info("napari-textdiff: select a 2-D image layer to segment.")
             return False
-        from .region import is_slide_layer, start_region_segmentation
+        from .region import start_region_segmentation
 
-        slides = [ly for ly in layers if is_slide_layer(ly)]
+        slides = [ly for ly in layers if _layers.is_slide_layer(ly)]
         if slides:           # a lazy pyramid: a region streamed, never the whole level 0 read
             self._set_running(True)
             ok = start_region_segmentation(self, slides[0], self.slide_area,
